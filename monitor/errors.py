@@ -1,0 +1,100 @@
+"""Errors the daemon raises on purpose, each carrying the data an operator needs.
+
+    MonitorError
+    ├── ConfigError          invalid configuration; holds every problem found, with file:line
+    ├── FetchError           a feed could not be fetched (url, reason; retry_after when hinted)
+    │   └── HTTPStatusError  the server answered with a non-success status
+    ├── ParseError           fetched bytes are not a usable feed (not a feed, invalid JSON Feed)
+    ├── StoreError           the state store failed or refused (locked by another instance)
+    └── DeliveryError        a channel could not send; `permanent` says whether to retry
+        └── ChannelError     the whole channel is unusable (bad credentials, bot removed)
+
+Adapters catch their libraries' exceptions and raise these `from exc`; loops over feeds and
+deliveries catch `MonitorError` per unit, so one failure never stops the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class MonitorError(Exception):
+    """Base of every error raised on purpose by the daemon."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong in a configuration file."""
+
+    #: File path.
+    file: str
+    #: 1-based line, or 0 when unknown.
+    line: int
+    #: Key path, e.g. "rules[2].notify[0]"; "" for the whole file.
+    path: str
+    #: What is wrong, in words.
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(MonitorError):
+    """The configuration is invalid; `problems` lists everything found, in file order."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.path))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class FetchError(MonitorError):
+    """A feed could not be fetched.
+
+    `reason` is a short operator-facing phrase ("timed out after 60s", "body over 10 MiB").
+    `retry_after` is the server's hint in seconds, when it gave one.
+    """
+
+    def __init__(self, url: str, reason: str, *, retry_after: float | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with a status we cannot use (4xx, 5xx, unexpected 1xx/3xx)."""
+
+    def __init__(self, url: str, status: int, *, retry_after: float | None = None) -> None:
+        self.status = status
+        super().__init__(url, f"HTTP {status}", retry_after=retry_after)
+
+
+class ParseError(MonitorError):
+    """Fetched bytes are not a usable feed; the message says why."""
+
+
+class StoreError(MonitorError):
+    """The state store failed, or refused to open (for example: locked by another instance)."""
+
+
+class DeliveryError(MonitorError):
+    """A send failed.
+
+    `permanent` failures are not retried (the delivery is marked failed with this message);
+    others are retried with backoff, no sooner than `retry_after` seconds when given.
+    """
+
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        self.permanent = permanent
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ChannelError(DeliveryError):
+    """The channel itself is unusable until its config changes (revoked token, bot removed)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)

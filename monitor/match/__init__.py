@@ -1,0 +1,1 @@
+"""Rule matching: query trees, tokenised item text, and the matcher that ties them (pure)."""

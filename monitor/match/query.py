@@ -1,0 +1,105 @@
+"""The query tree every rule compiles to, whatever syntax the user wrote it in.
+
+The structured form (`any`/`all`/`none`) is built here; a query-language parser will produce
+the same nodes. Nodes are frozen and hashable so identical subtrees can be shared.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from monitor.match.text import words
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """A keyword or phrase: consecutive words; the last one may be a prefix (`sanction*`)."""
+
+    #: The term as the user wrote it (shown in explanations).
+    text: str
+    #: Folded words to find consecutively.
+    words: tuple[str, ...]
+    #: Whether the last word matches as a prefix.
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Regex:
+    """A regular expression searched in the plain text of each field."""
+
+    #: The pattern as written.
+    text: str
+    #: Compiled pattern (case-insensitive unless the rule says otherwise).
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    child: Node
+
+
+Node = Term | Regex | And | Or | Not
+
+
+class TermError(ValueError):
+    """A term or pattern that cannot be compiled; `position` is 0-based within the text."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        self.position = position
+        super().__init__(message)
+
+
+def term(text: str) -> Term:
+    """Compile a keyword or phrase: `talks`, `"dead end"`, `dead end`, `sanction*`."""
+    raw = text.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+        raw = raw[1:-1]
+    prefix = raw.endswith("*")
+    found = words(raw[:-1] if prefix else raw)
+    if not found:
+        raise TermError(f"term {text!r} contains no word to match")
+    return Term(text=text, words=tuple(found), prefix=prefix)
+
+
+def regex(text: str, *, case_sensitive: bool = False) -> Regex:
+    """Compile a regex term; an invalid pattern raises TermError with the error's position."""
+    try:
+        pattern = re.compile(text, 0 if case_sensitive else re.IGNORECASE)
+    except re.error as exc:
+        raise TermError(f"invalid regex {text!r}: {exc.msg}", exc.pos) from exc
+    return Regex(text=text, pattern=pattern)
+
+
+def structured(
+    any_: Sequence[str] = (),
+    all_: Sequence[str] = (),
+    none: Sequence[str] = (),
+    regexes: Sequence[str] = (),
+) -> Node:
+    """Build the tree for `any`/`all`/`none` lists plus regex terms.
+
+    Meaning: every `all` term AND at least one `any` term (when given) AND at least one regex
+    (when given) AND no `none` term. A rule with only `none` matches everything else.
+    """
+    parts: list[Node] = [term(t) for t in all_]
+    if any_:
+        parts.append(Or(tuple(term(t) for t in any_)))
+    if regexes:
+        parts.append(Or(tuple(regex(r) for r in regexes)))
+    if none:
+        parts.append(Not(Or(tuple(term(t) for t in none))))
+    if not parts:
+        raise TermError("rule has no terms: give any, all, none or regex")
+    return parts[0] if len(parts) == 1 else And(tuple(parts))

@@ -1,0 +1,1 @@
+"""Channels: where alerts go (console, jsonl; Telegram and email in their own modules)."""

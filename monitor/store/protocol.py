@@ -1,0 +1,182 @@
+"""The Store contract: everything the daemon remembers between polls and across restarts.
+
+Implementations: `MemoryStore` (reference, for tests and `state: memory:`), `SQLiteStore`
+(default). A PostgreSQL store will implement the same contract for several workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item, Retention
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What `record_items` actually wrote."""
+
+    #: Items that were new (not already stored for that feed), in input order.
+    new_items: tuple[Item, ...]
+    #: Alerts written (only those whose item was new).
+    alerts: int
+    #: Delivery rows written (one per alert and channel).
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What `prune` removed."""
+
+    items: int
+    texts: int
+    deliveries: int
+
+
+class Store(Protocol):
+    """Durable state: feeds' poll state, seen items, alerts and the delivery outbox.
+
+    Lifecycle: `await store.open()` before use (creates or migrates the schema, takes any
+    instance lock), `await store.close()` at the end; both idempotent. `async with store:` does
+    both. Every method is a coroutine and is safe to call from one event loop concurrently; an
+    implementation serialises access itself (SQLite runs all calls in one worker thread).
+
+    Atomicity: `record_items` writes the new items, their alerts and their delivery rows, and
+    the feed's success state, in ONE transaction: after a crash either all of it is there or
+    none of it (the feed is then simply fetched again). Nothing is ever sent before that commit.
+
+    Time: every method that needs the time takes `now` (aware UTC); stores never read a clock.
+
+    Errors: `StoreError` when the store cannot be opened (locked by another instance, newer
+    schema than this code knows) or a write fails; the caller stops advancing on it.
+    """
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema, take the instance lock where there is one."""
+        ...
+
+    async def close(self) -> None:
+        """Release every resource; pending work stays stored."""
+        ...
+
+    # --- feeds ---------------------------------------------------------------------------------
+
+    async def sync_feeds(self, feeds: Sequence[FeedSpec], now: datetime) -> None:
+        """Make the stored feed set match the config.
+
+        A new feed gets a first poll time spread over [now, now + min(interval, 1 min)) so a
+        start with many feeds does not burst. A feed whose URL changed keeps its seen items but
+        loses its cache validators. Feeds no longer configured are kept (their seen items too)
+        but never returned by `claim_due_feeds`. Existing poll times are kept (a restart resumes
+        the schedule).
+        """
+        ...
+
+    async def claim_due_feeds(
+        self, now: datetime, limit: int, lease: timedelta
+    ) -> list[FeedState]:
+        """Claim up to `limit` configured feeds whose next poll time is <= `now`, oldest first.
+
+        A claimed feed is not returned again until it is finished (`record_items`,
+        `record_not_modified`, `record_failure`) or `now + lease` has passed. This is what keeps
+        a feed from being polled twice at once.
+        """
+        ...
+
+    async def feed_state(self, name: str) -> FeedState | None:
+        """The stored state of one feed, or None if it was never synced."""
+        ...
+
+    async def feed_states(self) -> list[FeedState]:
+        """All configured feeds' states, by name."""
+        ...
+
+    async def unseen(self, feed: str, keys: Sequence[str]) -> set[str]:
+        """The subset of `keys` not yet stored for `feed` (a read; no claim is made)."""
+        ...
+
+    async def record_items(
+        self,
+        feed: str,
+        items: Sequence[Item],
+        alerts: Sequence[Alert],
+        *,
+        cache: CacheInfo,
+        now: datetime,
+        next_poll_at: datetime,
+        warning: str = "",
+    ) -> Recorded:
+        """Finish a successful poll in one transaction.
+
+        Stores the items not yet stored for `feed` (first one wins on duplicate keys; stored
+        ones get their last-seen time refreshed), then each alert whose item was new in THIS
+        call, with one pending delivery per channel in `alert.channels`. Alerts for items that
+        were already stored are dropped: an item alerts at most once, ever. Also saves the
+        validators, resets the failure count, marks the feed seeded and releases its claim.
+        """
+        ...
+
+    async def record_not_modified(
+        self, feed: str, *, now: datetime, next_poll_at: datetime
+    ) -> None:
+        """Finish a poll that got 304: success, nothing else changes; releases the claim."""
+        ...
+
+    async def record_failure(
+        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime
+    ) -> None:
+        """Finish a failed poll: keep `error`, count it, set the next poll, release the claim."""
+        ...
+
+    # --- items ---------------------------------------------------------------------------------
+
+    async def recent_items(self, since: datetime, feed: str | None = None) -> list[Item]:
+        """Stored items first seen at or after `since` whose text is still kept, newest first."""
+        ...
+
+    # --- deliveries ----------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, channel: str, now: datetime, limit: int, lease: timedelta
+    ) -> list[Delivery]:
+        """Claim up to `limit` pending deliveries for `channel` that are due, oldest first.
+
+        Due means: never attempted, or its retry time has come. A claimed delivery is not
+        returned again until it is marked or `now + lease` has passed.
+        """
+        ...
+
+    async def mark_sent(self, delivery_id: int, now: datetime) -> None:
+        """Record a send the channel accepted. Idempotent."""
+        ...
+
+    async def mark_retry(
+        self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime
+    ) -> None:
+        """Record a failed attempt to retry at `retry_at`; counts the attempt, keeps `error`."""
+        ...
+
+    async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
+        """Record a permanent failure: the delivery is not retried; counts the attempt."""
+        ...
+
+    async def pending_count(self, channel: str | None = None) -> int:
+        """Pending deliveries, for one channel or all."""
+        ...
+
+    async def deliveries(
+        self, channel: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """Deliveries, newest first, optionally filtered (for status displays and tests)."""
+        ...
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    async def prune(self, now: datetime, retention: Retention) -> Pruned:
+        """Apply retention: forget items unseen for `retention.seen`, drop item text older than
+        `retention.text`, and sent/failed deliveries (with alerts no longer referenced) older
+        than `retention.deliveries`. Pending deliveries are never pruned.
+        """
+        ...
