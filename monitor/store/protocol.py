@@ -61,27 +61,35 @@ class Store(Protocol):
         """Release every resource; pending work stays stored."""
         ...
 
+    async def __aenter__(self) -> Store:
+        """`open()`, then the store itself."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """`close()`."""
+        ...
+
     # --- feeds ---------------------------------------------------------------------------------
 
     async def sync_feeds(self, feeds: Sequence[FeedSpec], now: datetime) -> None:
         """Make the stored feed set match the config.
 
-        A new feed gets a first poll time spread over [now, now + min(interval, 1 min)) so a
-        start with many feeds does not burst. A feed whose URL changed keeps its seen items but
-        loses its cache validators. Feeds no longer configured are kept (their seen items too)
+        A new feed gets a first poll time spread over [now, now + min(interval, 1 min, 50 ms per
+        new feed)) so a start with many feeds does not burst. A feed whose URL changed keeps
+        its seen items but loses its cache validators and is seeded again (another URL may be
+        another source, and its backlog must not flood). Feeds no longer configured are kept (their seen items too)
         but never returned by `claim_due_feeds`. Existing poll times are kept (a restart resumes
         the schedule).
         """
         ...
 
-    async def claim_due_feeds(
-        self, now: datetime, limit: int, lease: timedelta
-    ) -> list[FeedState]:
+    async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
         """Claim up to `limit` configured feeds whose next poll time is <= `now`, oldest first.
 
         A claimed feed is not returned again until it is finished (`record_items`,
         `record_not_modified`, `record_failure`) or `now + lease` has passed. This is what keeps
-        a feed from being polled twice at once.
+        a feed from being polled twice at once. (A lease holds while `now < lease_until`; at
+        `lease_until` exactly the feed can be claimed again. Same for deliveries.)
         """
         ...
 
@@ -115,6 +123,11 @@ class Store(Protocol):
         call, with one pending delivery per channel in `alert.channels`. Alerts for items that
         were already stored are dropped: an item alerts at most once, ever. Also saves the
         validators, resets the failure count, marks the feed seeded and releases its claim.
+
+        Items are stored under `feed` with `seen_at = now` (an input `seen_at` is ignored); the
+        returned `new_items` carry that time and keep their `content`, which is not stored.
+        Alerts of another feed, and a second alert for one item, are dropped too. StoreError
+        if `feed` was never synced (same for `record_not_modified` and `record_failure`).
         """
         ...
 
@@ -148,6 +161,12 @@ class Store(Protocol):
         """
         ...
 
+    async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
+        """Drop the claim on deliveries claimed but not tried (shutdown, a paused channel), so
+        they are due again at once; no attempt is counted. Unknown or finished ids are ignored.
+        """
+        ...
+
     async def mark_sent(self, delivery_id: int, now: datetime) -> None:
         """Record a send the channel accepted. Idempotent."""
         ...
@@ -155,7 +174,12 @@ class Store(Protocol):
     async def mark_retry(
         self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime
     ) -> None:
-        """Record a failed attempt to retry at `retry_at`; counts the attempt, keeps `error`."""
+        """Record a failed attempt to retry at `retry_at`; counts the attempt, keeps `error`.
+
+        `mark_retry` and `mark_failed` change only a pending delivery: a late report about one
+        already sent or failed (its lease ran out and another attempt settled it) is ignored.
+        All three `mark_*` raise StoreError for an unknown id.
+        """
         ...
 
     async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
@@ -178,5 +202,9 @@ class Store(Protocol):
         """Apply retention: forget items unseen for `retention.seen`, drop item text older than
         `retention.text`, and sent/failed deliveries (with alerts no longer referenced) older
         than `retention.deliveries`. Pending deliveries are never pruned.
+
+        A forgotten item that a feed lists again is new again (and may alert again), so
+        `retention.seen` must outlast how long feeds keep listing an item; it is also what
+        bounds the store's size.
         """
         ...

@@ -1,0 +1,29 @@
+"""Durable state: the Store contract and its backends, chosen by the config's `state` URL."""
+
+from __future__ import annotations
+
+from monitor.errors import StoreError
+from monitor.store.memory import MemoryStore
+from monitor.store.protocol import Pruned, Recorded, Store
+from monitor.store.sqlite import SQLiteStore
+
+__all__ = ["MemoryStore", "Pruned", "Recorded", "SQLiteStore", "Store", "open_store"]
+
+_SQLITE_PREFIX = "sqlite:///"
+
+
+def open_store(state: str) -> Store:
+    """The store a `state` URL names, not yet opened.
+
+    "memory:" -> MemoryStore; "sqlite:///abs/path.db" -> SQLiteStore at /abs/path.db (the
+    part after "sqlite://" is the absolute path, so "sqlite:////x.db" is /x.db as well).
+    Anything else -> StoreError.
+    """
+    if state == "memory:":
+        return MemoryStore()
+    if state.startswith(_SQLITE_PREFIX):
+        path = "/" + state.removeprefix(_SQLITE_PREFIX).lstrip("/")
+        if path == "/" or path.endswith("/"):
+            raise StoreError(f"state {state!r} names no file: use sqlite:///abs/path/state.db")
+        return SQLiteStore(path)
+    raise StoreError(f"unsupported state {state!r}: use sqlite:///abs/path/state.db or memory:")

@@ -1,0 +1,86 @@
+"""Rules every store applies the same way, so the backends cannot drift apart."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from monitor.models import Alert, Item, Match
+from monitor.store.codec import opt_utc, utc
+
+#: A stored item's last-seen time is rewritten only when older than this: a feed listing the
+#: same 50 items every minute would otherwise cost 50 writes per poll, and retention is counted
+#: in days anyway.
+LAST_SEEN_REFRESH = timedelta(days=1)
+
+#: New feeds' first polls are spread over at most this long after a start.
+FIRST_POLL_SPREAD = timedelta(minutes=1)
+#: ...and over this much per new feed, so a handful of new feeds is polled at once while
+#: thousands are spread over the whole minute.
+SPREAD_PER_FEED = timedelta(milliseconds=50)
+
+
+def first_poll_at(name: str, interval: timedelta, now: datetime, new_feeds: int) -> datetime:
+    """When a newly configured feed is first polled: in [now, now + spread), where spread is
+    the smallest of the feed's interval, one minute, and 50 ms per feed added in this sync.
+
+    Seeded from the feed name, so the spread is even over many feeds yet the same on every run
+    (tests can rely on it, and a restart does not reshuffle).
+    """
+    spread = min(interval, FIRST_POLL_SPREAD, SPREAD_PER_FEED * new_feeds)
+    spread_us = max(spread, timedelta(0)) // timedelta(microseconds=1)
+    # Floor to whole microseconds so rounding can never reach the (open) end of the range.
+    return now + timedelta(microseconds=int(spread_us * random.Random(name).random()))
+
+
+def lease_live(lease_until: datetime | None, now: datetime) -> bool:
+    """A lease holds until `lease_until`; from that instant on the row may be claimed again."""
+    return lease_until is not None and lease_until > now
+
+
+def clean_match(match: Match) -> Match:
+    """A copy made only of tuples, whatever sequences the caller built it with."""
+    return Match(match.rule, tuple(match.terms), tuple(match.fields), tuple(match.channels))
+
+
+def clean_alert(alert: Alert) -> Alert:
+    """The alert as a store keeps it: UTC times, tuples only."""
+    return replace(
+        alert,
+        published=opt_utc(alert.published),
+        seen_at=utc(alert.seen_at),
+        matches=tuple(clean_match(m) for m in alert.matches),
+    )
+
+
+def stored_item(item: Item, feed: str, seen_at: datetime) -> Item:
+    """What a store keeps of an item: no content (it is only needed to match), UTC times."""
+    return Item(
+        feed=feed,
+        key=item.key,
+        title=item.title,
+        link=item.link,
+        summary=item.summary,
+        author=item.author,
+        tags=tuple(item.tags),
+        published=opt_utc(item.published),
+        seen_at=utc(seen_at),
+    )
+
+
+def first_per_key(items: Sequence[Item]) -> list[Item]:
+    """`items` without repeated keys, the first one winning, in input order."""
+    first: dict[str, Item] = {}
+    for item in items:
+        first.setdefault(item.key, item)
+    return list(first.values())
+
+
+def cutoff(now: datetime, age: timedelta) -> datetime:
+    """`now - age`, clamped: a retention of "forever" (timedelta.max) must not overflow."""
+    try:
+        return now - age
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)

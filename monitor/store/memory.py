@@ -1,0 +1,405 @@
+"""The reference store: plain dicts, obviously correct, gone when the process exits.
+
+Used by tests and `state: memory:`. Every method body runs without an `await`, so each call is
+atomic on the event loop, which is all the serialisation the contract asks for. Stored objects
+are frozen or private, and everything returned is a fresh frozen object: no caller can alias
+the store's state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from types import TracebackType
+
+from monitor.errors import StoreError
+from monitor.models import (
+    Alert,
+    CacheInfo,
+    Delivery,
+    DeliveryStatus,
+    FeedSpec,
+    FeedState,
+    Item,
+    Retention,
+)
+from monitor.store.codec import utc
+from monitor.store.common import (
+    LAST_SEEN_REFRESH,
+    clean_alert,
+    cutoff,
+    first_per_key,
+    first_poll_at,
+    lease_live,
+    stored_item,
+)
+from monitor.store.protocol import Pruned, Recorded
+
+
+@dataclass(slots=True)
+class _Feed:
+    state: FeedState
+    active: bool = True
+    lease_until: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Item:
+    item: Item
+    last_seen_at: datetime
+    text_pruned: bool
+    #: Insertion order, the tie-break between items seen at the same instant.
+    seq: int
+
+
+@dataclass(slots=True)
+class _Alert:
+    alert: Alert
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class _Delivery:
+    id: int
+    alert_id: int
+    channel: str
+    created_at: datetime
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    last_error: str = ""
+    next_attempt_at: datetime | None = None
+    lease_until: datetime | None = None
+    sent_at: datetime | None = None
+
+
+class MemoryStore:
+    """Everything in dicts; see `monitor.store.protocol.Store` for the contract."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._feeds: dict[str, _Feed] = {}
+        self._items: dict[tuple[str, str], _Item] = {}
+        self._alerts: dict[int, _Alert] = {}
+        self._deliveries: dict[int, _Delivery] = {}
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        # Data survives close/open on the same object, like a file would.
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _check(self) -> None:
+        if not self._open:
+            raise StoreError("the store is not open")
+
+    def _feed(self, name: str) -> _Feed:
+        self._check()
+        try:
+            return self._feeds[name]
+        except KeyError:
+            raise StoreError(f"unknown feed {name!r}: sync_feeds never saw it") from None
+
+    def _delivery(self, delivery_id: int) -> _Delivery:
+        self._check()
+        try:
+            return self._deliveries[delivery_id]
+        except KeyError:
+            raise StoreError(f"unknown delivery {delivery_id}") from None
+
+    # --- feeds -----------------------------------------------------------------------------
+
+    async def sync_feeds(self, feeds: Sequence[FeedSpec], now: datetime) -> None:
+        self._check()
+        now = utc(now)
+        configured = {spec.name: spec for spec in feeds}
+        for name, known in self._feeds.items():
+            known.active = name in configured
+        new_feeds = sum(1 for name in configured if name not in self._feeds)
+        for spec in configured.values():
+            row = self._feeds.get(spec.name)
+            if row is None:
+                first = first_poll_at(spec.name, spec.interval, now, new_feeds)
+                self._feeds[spec.name] = _Feed(FeedState(spec.name, spec.url, next_poll_at=first))
+            elif row.state.url != spec.url:
+                # Another URL may be another source: seed it again rather than risk a flood.
+                row.state = replace(row.state, url=spec.url, cache=CacheInfo(), seeded=False)
+
+    async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
+        self._check()
+        now = utc(now)
+        due = [
+            row
+            for row in self._feeds.values()
+            if row.active
+            and row.state.next_poll_at is not None
+            and row.state.next_poll_at <= now
+            and not lease_live(row.lease_until, now)
+        ]
+        due.sort(key=lambda r: (r.state.next_poll_at, r.state.name))
+        claimed = due[: max(limit, 0)]
+        for row in claimed:
+            row.lease_until = now + lease
+        return [row.state for row in claimed]
+
+    async def feed_state(self, name: str) -> FeedState | None:
+        self._check()
+        row = self._feeds.get(name)
+        return None if row is None else row.state
+
+    async def feed_states(self) -> list[FeedState]:
+        self._check()
+        return [self._feeds[n].state for n in sorted(self._feeds) if self._feeds[n].active]
+
+    async def unseen(self, feed: str, keys: Sequence[str]) -> set[str]:
+        self._check()
+        return {k for k in keys if (feed, k) not in self._items}
+
+    async def record_items(
+        self,
+        feed: str,
+        items: Sequence[Item],
+        alerts: Sequence[Alert],
+        *,
+        cache: CacheInfo,
+        now: datetime,
+        next_poll_at: datetime,
+        warning: str = "",
+    ) -> Recorded:
+        row = self._feed(feed)
+        now, next_poll_at = utc(now), utc(next_poll_at)
+        # Convert every input before the first write: a bad one must leave nothing behind.
+        clean_alerts = [clean_alert(a) for a in alerts]
+        prepared = [(item, stored_item(item, feed, now)) for item in first_per_key(items)]
+        new_items = self._store_items(feed, prepared, now)
+        n_alerts, n_deliveries = self._store_alerts(
+            feed, clean_alerts, {i.key for i in new_items}, now
+        )
+        row.state = replace(
+            row.state,
+            cache=CacheInfo(cache.etag, cache.last_modified),
+            next_poll_at=next_poll_at,
+            last_polled_at=now,
+            last_success_at=now,
+            last_error="",
+            consecutive_failures=0,
+            seeded=True,
+            items_seen=row.state.items_seen + len(new_items),
+            last_warning=warning,
+        )
+        row.lease_until = None
+        return Recorded(tuple(new_items), n_alerts, n_deliveries)
+
+    def _store_items(
+        self, feed: str, prepared: Sequence[tuple[Item, Item]], now: datetime
+    ) -> list[Item]:
+        """Insert the (as given, as stored) pairs not stored yet; refresh the others."""
+        new_items: list[Item] = []
+        for given, kept in prepared:
+            stored = self._items.get((feed, kept.key))
+            if stored is None:
+                self._items[(feed, kept.key)] = _Item(kept, now, False, next(self._seq))
+                new_items.append(replace(kept, content=given.content))
+            elif stored.last_seen_at < now - LAST_SEEN_REFRESH:
+                stored.last_seen_at = now
+        return new_items
+
+    def _store_alerts(
+        self, feed: str, alerts: Sequence[Alert], new_keys: set[str], now: datetime
+    ) -> tuple[int, int]:
+        """Alerts for items new in this call (one per item), and their pending deliveries."""
+        pending = set(new_keys)
+        n_alerts = n_deliveries = 0
+        for alert in alerts:
+            if alert.feed != feed or alert.item_key not in pending:
+                continue
+            pending.discard(alert.item_key)
+            alert_id = next(self._ids)
+            self._alerts[alert_id] = _Alert(alert, now)
+            n_alerts += 1
+            for channel in alert.channels:
+                delivery_id = next(self._ids)
+                self._deliveries[delivery_id] = _Delivery(delivery_id, alert_id, channel, now)
+                n_deliveries += 1
+        return n_alerts, n_deliveries
+
+    async def record_not_modified(
+        self, feed: str, *, now: datetime, next_poll_at: datetime
+    ) -> None:
+        row = self._feed(feed)
+        now = utc(now)
+        row.state = replace(
+            row.state,
+            next_poll_at=utc(next_poll_at),
+            last_polled_at=now,
+            last_success_at=now,
+            last_error="",
+            consecutive_failures=0,
+        )
+        row.lease_until = None
+
+    async def record_failure(
+        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime
+    ) -> None:
+        row = self._feed(feed)
+        row.state = replace(
+            row.state,
+            next_poll_at=utc(next_poll_at),
+            last_polled_at=utc(now),
+            last_error=error,
+            consecutive_failures=row.state.consecutive_failures + 1,
+        )
+        row.lease_until = None
+
+    # --- items -----------------------------------------------------------------------------
+
+    async def recent_items(self, since: datetime, feed: str | None = None) -> list[Item]:
+        self._check()
+        since = utc(since)
+        found = [
+            row
+            for row in self._items.values()
+            if not row.text_pruned
+            and (feed is None or row.item.feed == feed)
+            and row.item.seen_at is not None
+            and row.item.seen_at >= since
+        ]
+        found.sort(key=lambda r: (r.item.seen_at, r.seq), reverse=True)
+        return [row.item for row in found]
+
+    # --- deliveries ------------------------------------------------------------------------
+
+    def _to_delivery(self, row: _Delivery) -> Delivery:
+        return Delivery(
+            id=row.id,
+            channel=row.channel,
+            alert=self._alerts[row.alert_id].alert,
+            status=row.status,
+            attempts=row.attempts,
+            last_error=row.last_error,
+            created_at=row.created_at,
+        )
+
+    async def claim_deliveries(
+        self, channel: str, now: datetime, limit: int, lease: timedelta
+    ) -> list[Delivery]:
+        self._check()
+        now = utc(now)
+        due = [
+            row
+            for row in self._deliveries.values()
+            if row.channel == channel
+            and row.status is DeliveryStatus.PENDING
+            and (row.next_attempt_at is None or row.next_attempt_at <= now)
+            and not lease_live(row.lease_until, now)
+        ]
+        due.sort(key=lambda r: (r.created_at, r.id))
+        claimed = due[: max(limit, 0)]
+        for row in claimed:
+            row.lease_until = now + lease
+        return [self._to_delivery(row) for row in claimed]
+
+    async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
+        """Drop the claim on deliveries claimed but not tried; unknown ids are ignored."""
+        self._check()
+        for delivery_id in delivery_ids:
+            row = self._deliveries.get(delivery_id)
+            if row is not None and row.status is DeliveryStatus.PENDING:
+                row.lease_until = None
+
+    async def mark_sent(self, delivery_id: int, now: datetime) -> None:
+        row = self._delivery(delivery_id)
+        if row.status is not DeliveryStatus.SENT:
+            row.status = DeliveryStatus.SENT
+            row.sent_at = utc(now)
+        row.lease_until = None
+
+    async def mark_retry(
+        self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime
+    ) -> None:
+        row = self._delivery(delivery_id)
+        # A late report on a row already finished (its lease expired and another attempt
+        # settled it) must not reopen it: that would send a second copy.
+        if row.status is DeliveryStatus.PENDING:
+            row.attempts += 1
+            row.last_error = error
+            row.next_attempt_at = utc(retry_at)
+            row.lease_until = None
+
+    async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
+        row = self._delivery(delivery_id)
+        if row.status is DeliveryStatus.PENDING:
+            row.status = DeliveryStatus.FAILED
+            row.attempts += 1
+            row.last_error = error
+            row.lease_until = None
+
+    async def pending_count(self, channel: str | None = None) -> int:
+        self._check()
+        return sum(
+            1
+            for row in self._deliveries.values()
+            if row.status is DeliveryStatus.PENDING and channel in (None, row.channel)
+        )
+
+    async def deliveries(
+        self, channel: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        self._check()
+        rows = [
+            row
+            for row in self._deliveries.values()
+            if channel in (None, row.channel) and status in (None, row.status.value)
+        ]
+        rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return [self._to_delivery(row) for row in rows[: max(limit, 0)]]
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    async def prune(self, now: datetime, retention: Retention) -> Pruned:
+        self._check()
+        now = utc(now)
+        seen_cutoff = cutoff(now, retention.seen)
+        forget = [k for k, row in self._items.items() if row.last_seen_at < seen_cutoff]
+        for key in forget:
+            del self._items[key]
+        texts = 0
+        text_cutoff = cutoff(now, retention.text)
+        for row in self._items.values():
+            seen_at = row.item.seen_at
+            if not row.text_pruned and seen_at is not None and seen_at < text_cutoff:
+                row.item = replace(row.item, title="", summary="", link="", author="", tags=())
+                row.text_pruned = True
+                texts += 1
+        old_cutoff = cutoff(now, retention.deliveries)
+        old = [
+            d.id
+            for d in self._deliveries.values()
+            if d.status is not DeliveryStatus.PENDING and d.created_at < old_cutoff
+        ]
+        for delivery_id in old:
+            del self._deliveries[delivery_id]
+        referenced = {d.alert_id for d in self._deliveries.values()}
+        for alert_id in [
+            i for i, a in self._alerts.items() if i not in referenced and a.created_at < old_cutoff
+        ]:
+            del self._alerts[alert_id]
+        return Pruned(items=len(forget), texts=texts, deliveries=len(old))

@@ -1,0 +1,305 @@
+"""SQLite queries for feeds and items, including the one-transaction `record_items`.
+
+Synchronous functions taking the connection; `SQLiteStore` runs them on its worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from monitor.errors import StoreError
+from monitor.models import Alert, CacheInfo, FeedSpec, FeedState, Item
+from monitor.store.codec import (
+    dt_to_text,
+    json_to_tags,
+    matches_to_json,
+    opt_dt_to_text,
+    opt_text_to_dt,
+    tags_to_json,
+    text_to_dt,
+)
+from monitor.store.common import (
+    LAST_SEEN_REFRESH,
+    clean_alert,
+    first_per_key,
+    first_poll_at,
+    stored_item,
+)
+from monitor.store.protocol import Recorded
+from monitor.store.sqlite_schema import transaction
+
+#: Keys per IN (...) list: far below SQLite's bound variables limit (999 before 3.32).
+CHUNK = 500
+
+_FEED_COLUMNS = (
+    "name, url, etag, last_modified, next_poll_at, last_polled_at, last_success_at,"
+    " last_error, consecutive_failures, seeded, items_seen, last_warning"
+)
+_ITEM_COLUMNS = "feed, key, title, link, summary, author, tags_json, published, seen_at"
+
+
+def chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+def marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _feed_state(row: Any) -> FeedState:
+    return FeedState(
+        name=row[0],
+        url=row[1],
+        cache=CacheInfo(etag=row[2], last_modified=row[3]),
+        next_poll_at=opt_text_to_dt(row[4]),
+        last_polled_at=opt_text_to_dt(row[5]),
+        last_success_at=opt_text_to_dt(row[6]),
+        last_error=row[7],
+        consecutive_failures=row[8],
+        seeded=bool(row[9]),
+        items_seen=row[10],
+        last_warning=row[11],
+    )
+
+
+def _item(row: Any) -> Item:
+    return Item(
+        feed=row[0],
+        key=row[1],
+        title=row[2],
+        link=row[3],
+        summary=row[4],
+        author=row[5],
+        tags=json_to_tags(row[6]),
+        published=opt_text_to_dt(row[7]),
+        seen_at=text_to_dt(row[8]),
+    )
+
+
+def _require_feed(conn: sqlite3.Connection, name: str) -> None:
+    if conn.execute("SELECT 1 FROM feeds WHERE name = ?", (name,)).fetchone() is None:
+        raise StoreError(f"unknown feed {name!r}: sync_feeds never saw it")
+
+
+# --- feeds -------------------------------------------------------------------------------------
+
+
+def sync_feeds(conn: sqlite3.Connection, feeds: Sequence[FeedSpec], now: datetime) -> None:
+    configured = {spec.name: spec for spec in feeds}
+    with transaction(conn):
+        stored: dict[str, str] = dict(conn.execute("SELECT name, url FROM feeds").fetchall())
+        conn.executemany(
+            "UPDATE feeds SET active = ? WHERE name = ?",
+            [(name in configured, name) for name in stored],
+        )
+        added = [s for s in configured.values() if s.name not in stored]
+        conn.executemany(
+            "INSERT INTO feeds (name, url, next_poll_at) VALUES (?, ?, ?)",
+            [
+                (s.name, s.url, dt_to_text(first_poll_at(s.name, s.interval, now, len(added))))
+                for s in added
+            ],
+        )
+        # Another URL may be another source: seed it again rather than risk a flood.
+        conn.executemany(
+            "UPDATE feeds SET url = ?, etag = NULL, last_modified = NULL, seeded = 0"
+            " WHERE name = ?",
+            [
+                (s.url, s.name)
+                for s in configured.values()
+                if s.name in stored and stored[s.name] != s.url
+            ],
+        )
+
+
+def claim_due_feeds(
+    conn: sqlite3.Connection, now: datetime, limit: int, lease: timedelta
+) -> list[FeedState]:
+    now_text = dt_to_text(now)
+    with transaction(conn):
+        rows = conn.execute(
+            f"SELECT {_FEED_COLUMNS} FROM feeds"
+            " WHERE active = 1 AND next_poll_at <= ?"
+            " AND (lease_until IS NULL OR lease_until <= ?)"
+            " ORDER BY next_poll_at, name LIMIT ?",
+            (now_text, now_text, max(limit, 0)),
+        ).fetchall()
+        conn.executemany(
+            "UPDATE feeds SET lease_until = ? WHERE name = ?",
+            [(dt_to_text(now + lease), row[0]) for row in rows],
+        )
+    return [_feed_state(row) for row in rows]
+
+
+def feed_state(conn: sqlite3.Connection, name: str) -> FeedState | None:
+    row = conn.execute(f"SELECT {_FEED_COLUMNS} FROM feeds WHERE name = ?", (name,)).fetchone()
+    return None if row is None else _feed_state(row)
+
+
+def feed_states(conn: sqlite3.Connection) -> list[FeedState]:
+    rows = conn.execute(f"SELECT {_FEED_COLUMNS} FROM feeds WHERE active = 1 ORDER BY name")
+    return [_feed_state(row) for row in rows]
+
+
+def record_not_modified(
+    conn: sqlite3.Connection, feed: str, now: datetime, next_poll_at: datetime
+) -> None:
+    now_text = dt_to_text(now)
+    cursor = conn.execute(
+        "UPDATE feeds SET next_poll_at = ?, last_polled_at = ?, last_success_at = ?,"
+        " last_error = '', consecutive_failures = 0, lease_until = NULL WHERE name = ?",
+        (dt_to_text(next_poll_at), now_text, now_text, feed),
+    )
+    if cursor.rowcount == 0:
+        _require_feed(conn, feed)
+
+
+def record_failure(
+    conn: sqlite3.Connection, feed: str, error: str, now: datetime, next_poll_at: datetime
+) -> None:
+    cursor = conn.execute(
+        "UPDATE feeds SET next_poll_at = ?, last_polled_at = ?, last_error = ?,"
+        " consecutive_failures = consecutive_failures + 1, lease_until = NULL WHERE name = ?",
+        (dt_to_text(next_poll_at), dt_to_text(now), error, feed),
+    )
+    if cursor.rowcount == 0:
+        _require_feed(conn, feed)
+
+
+# --- items -------------------------------------------------------------------------------------
+
+
+def unseen(conn: sqlite3.Connection, feed: str, keys: Sequence[str]) -> set[str]:
+    wanted = list(dict.fromkeys(keys))
+    stored: set[str] = set()
+    for part in chunks(wanted):
+        rows = conn.execute(
+            f"SELECT key FROM items WHERE feed = ? AND key IN ({marks(len(part))})",
+            (feed, *part),
+        )
+        stored.update(row[0] for row in rows)
+    return set(wanted) - stored
+
+
+def record_items(
+    conn: sqlite3.Connection,
+    feed: str,
+    items: Sequence[Item],
+    alerts: Sequence[Alert],
+    *,
+    cache: CacheInfo,
+    now: datetime,
+    next_poll_at: datetime,
+    warning: str,
+) -> Recorded:
+    # Convert every input before BEGIN: a bad one fails before anything is written.
+    now_text, next_text = dt_to_text(now), dt_to_text(next_poll_at)
+    unique = [(item, stored_item(item, feed, now)) for item in first_per_key(items)]
+    clean_alerts = [clean_alert(a) for a in alerts]
+    with transaction(conn):
+        _require_feed(conn, feed)
+        fresh = unseen(conn, feed, [kept.key for _, kept in unique])
+        new = [(given, kept) for given, kept in unique if kept.key in fresh]
+        conn.executemany(
+            f"INSERT INTO items ({_ITEM_COLUMNS}, last_seen_at) VALUES ({marks(10)})",
+            [(*_item_row(kept), now_text) for _, kept in new],
+        )
+        _refresh_last_seen(conn, feed, [k.key for _, k in unique if k.key not in fresh], now)
+        n_alerts, n_deliveries = _insert_alerts(conn, feed, clean_alerts, fresh, now_text)
+        conn.execute(
+            "UPDATE feeds SET etag = :etag, last_modified = :last_modified,"
+            " next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
+            " last_error = '', consecutive_failures = 0, seeded = 1,"
+            " items_seen = items_seen + :new, last_warning = :warning, lease_until = NULL"
+            " WHERE name = :feed",
+            {
+                "etag": cache.etag,
+                "last_modified": cache.last_modified,
+                "next": next_text,
+                "now": now_text,
+                "new": len(new),
+                "warning": warning,
+                "feed": feed,
+            },
+        )
+    new_items = tuple(replace(kept, content=given.content) for given, kept in new)
+    return Recorded(new_items, n_alerts, n_deliveries)
+
+
+def _item_row(item: Item) -> tuple[object, ...]:
+    return (
+        item.feed,
+        item.key,
+        item.title,
+        item.link,
+        item.summary,
+        item.author,
+        tags_to_json(item.tags),
+        opt_dt_to_text(item.published),
+        opt_dt_to_text(item.seen_at),
+    )
+
+
+def _refresh_last_seen(
+    conn: sqlite3.Connection, feed: str, keys: Sequence[str], now: datetime
+) -> None:
+    params = (dt_to_text(now), feed)
+    stale = dt_to_text(now - LAST_SEEN_REFRESH)
+    for part in chunks(keys):
+        conn.execute(
+            f"UPDATE items SET last_seen_at = ? WHERE feed = ? AND key IN ({marks(len(part))})"
+            " AND last_seen_at < ?",
+            (*params, *part, stale),
+        )
+
+
+def _insert_alerts(
+    conn: sqlite3.Connection, feed: str, alerts: Sequence[Alert], fresh: set[str], now_text: str
+) -> tuple[int, int]:
+    """Alerts for items new in this call (one per item), and their pending deliveries."""
+    pending = set(fresh)
+    deliveries: list[tuple[int, str, str]] = []
+    n_alerts = 0
+    for alert in alerts:
+        if alert.feed != feed or alert.item_key not in pending:
+            continue
+        pending.discard(alert.item_key)
+        cursor = conn.execute(
+            "INSERT INTO alerts (feed, item_key, created_at, title, link, summary, published,"
+            f" seen_at, matches_json) VALUES ({marks(9)})",
+            (
+                alert.feed,
+                alert.item_key,
+                now_text,
+                alert.title,
+                alert.link,
+                alert.summary,
+                opt_dt_to_text(alert.published),
+                dt_to_text(alert.seen_at),
+                matches_to_json(alert.matches),
+            ),
+        )
+        alert_id = cursor.lastrowid
+        assert alert_id is not None  # set by every successful INSERT
+        n_alerts += 1
+        deliveries.extend((alert_id, channel, now_text) for channel in alert.channels)
+    conn.executemany(
+        "INSERT INTO deliveries (alert_id, channel, created_at) VALUES (?, ?, ?)", deliveries
+    )
+    return n_alerts, len(deliveries)
+
+
+def recent_items(conn: sqlite3.Connection, since: datetime, feed: str | None) -> list[Item]:
+    sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE text_pruned = 0 AND seen_at >= ?"
+    params: list[object] = [dt_to_text(since)]
+    if feed is not None:
+        sql += " AND feed = ?"
+        params.append(feed)
+    # rowid breaks ties between items seen in one poll: later inserted counts as newer.
+    rows = conn.execute(sql + " ORDER BY seen_at DESC, rowid DESC", params)
+    return [_item(row) for row in rows]

@@ -1,0 +1,161 @@
+"""SQLite queries for the delivery outbox, and retention.
+
+Synchronous functions taking the connection; `SQLiteStore` runs them on its worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from monitor.errors import StoreError
+from monitor.models import Alert, Delivery, DeliveryStatus, Retention
+from monitor.store.codec import dt_to_text, json_to_matches, opt_text_to_dt, text_to_dt
+from monitor.store.common import cutoff
+from monitor.store.protocol import Pruned
+from monitor.store.sqlite_schema import transaction
+
+_DELIVERY_SELECT = (
+    "SELECT d.id, d.channel, d.status, d.attempts, d.last_error, d.created_at,"
+    " a.feed, a.item_key, a.title, a.link, a.summary, a.published, a.seen_at, a.matches_json"
+    " FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
+)
+
+
+def _delivery(row: Any) -> Delivery:
+    alert = Alert(
+        feed=row[6],
+        item_key=row[7],
+        title=row[8],
+        link=row[9],
+        summary=row[10],
+        published=opt_text_to_dt(row[11]),
+        seen_at=text_to_dt(row[12]),
+        matches=json_to_matches(row[13]),
+    )
+    return Delivery(
+        id=row[0],
+        channel=row[1],
+        alert=alert,
+        status=DeliveryStatus(row[2]),
+        attempts=row[3],
+        last_error=row[4],
+        created_at=text_to_dt(row[5]),
+    )
+
+
+def _require_delivery(conn: sqlite3.Connection, delivery_id: int) -> None:
+    if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() is None:
+        raise StoreError(f"unknown delivery {delivery_id}")
+
+
+def claim_deliveries(
+    conn: sqlite3.Connection, channel: str, now: datetime, limit: int, lease: timedelta
+) -> list[Delivery]:
+    now_text = dt_to_text(now)
+    with transaction(conn):
+        rows = conn.execute(
+            f"{_DELIVERY_SELECT} WHERE d.channel = ? AND d.status = 'pending'"
+            " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?)"
+            " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+            " ORDER BY d.created_at, d.id LIMIT ?",
+            (channel, now_text, now_text, max(limit, 0)),
+        ).fetchall()
+        conn.executemany(
+            "UPDATE deliveries SET lease_until = ? WHERE id = ?",
+            [(dt_to_text(now + lease), row[0]) for row in rows],
+        )
+    return [_delivery(row) for row in rows]
+
+
+def release_deliveries(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> None:
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE deliveries SET lease_until = NULL WHERE id = ? AND status = 'pending'",
+            [(delivery_id,) for delivery_id in delivery_ids],
+        )
+
+
+def mark_sent(conn: sqlite3.Connection, delivery_id: int, now: datetime) -> None:
+    cursor = conn.execute(
+        "UPDATE deliveries SET status = 'sent', sent_at = ?, lease_until = NULL"
+        " WHERE id = ? AND status != 'sent'",
+        (dt_to_text(now), delivery_id),
+    )
+    if cursor.rowcount == 0:
+        _require_delivery(conn, delivery_id)
+
+
+def mark_retry(conn: sqlite3.Connection, delivery_id: int, error: str, retry_at: datetime) -> None:
+    # Only a pending row: a late report on a row already settled must not reopen it.
+    cursor = conn.execute(
+        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
+        " lease_until = NULL WHERE id = ? AND status = 'pending'",
+        (error, dt_to_text(retry_at), delivery_id),
+    )
+    if cursor.rowcount == 0:
+        _require_delivery(conn, delivery_id)
+
+
+def mark_failed(conn: sqlite3.Connection, delivery_id: int, error: str) -> None:
+    cursor = conn.execute(
+        "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, last_error = ?,"
+        " lease_until = NULL WHERE id = ? AND status = 'pending'",
+        (error, delivery_id),
+    )
+    if cursor.rowcount == 0:
+        _require_delivery(conn, delivery_id)
+
+
+def pending_count(conn: sqlite3.Connection, channel: str | None) -> int:
+    sql = "SELECT count(*) FROM deliveries WHERE status = 'pending'"
+    params: tuple[str, ...] = ()
+    if channel is not None:
+        sql += " AND channel = ?"
+        params = (channel,)
+    count: int = conn.execute(sql, params).fetchone()[0]
+    return count
+
+
+def deliveries(
+    conn: sqlite3.Connection, channel: str | None, status: str | None, limit: int
+) -> list[Delivery]:
+    where: list[str] = []
+    params: list[object] = []
+    if channel is not None:
+        where.append("d.channel = ?")
+        params.append(channel)
+    if status is not None:
+        where.append("d.status = ?")
+        params.append(status)
+    sql = _DELIVERY_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    rows = conn.execute(
+        sql + " ORDER BY d.created_at DESC, d.id DESC LIMIT ?", (*params, max(limit, 0))
+    )
+    return [_delivery(row) for row in rows]
+
+
+def prune(conn: sqlite3.Connection, now: datetime, retention: Retention) -> Pruned:
+    old_deliveries = dt_to_text(cutoff(now, retention.deliveries))
+    with transaction(conn):
+        items = conn.execute(
+            "DELETE FROM items WHERE last_seen_at < ?",
+            (dt_to_text(cutoff(now, retention.seen)),),
+        ).rowcount
+        texts = conn.execute(
+            "UPDATE items SET title = '', summary = '', link = '', author = '', tags_json = '[]',"
+            " text_pruned = 1 WHERE text_pruned = 0 AND seen_at < ?",
+            (dt_to_text(cutoff(now, retention.text)),),
+        ).rowcount
+        removed = conn.execute(
+            "DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?",
+            (old_deliveries,),
+        ).rowcount
+        conn.execute(
+            "DELETE FROM alerts WHERE created_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.alert_id = alerts.id)",
+            (old_deliveries,),
+        )
+    return Pruned(items=items, texts=texts, deliveries=removed)

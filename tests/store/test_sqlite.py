@@ -1,0 +1,365 @@
+"""What only the SQLite store has: a file, a lock, migrations, pragmas, one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor.errors import StoreError
+from monitor.store import MemoryStore, SQLiteStore, Store
+from monitor.store.codec import dt_to_text, text_to_dt
+from monitor.store.sqlite_schema import (
+    Migration,
+    connect,
+    load_migrations,
+    migrate,
+    schema_version,
+    transaction,
+)
+from tests.store.factories import DAY, HOUR, MINUTE, T0, alert, item, record, spec
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "monitor.db"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[SQLiteStore]:
+    async with SQLiteStore(db) as opened:
+        await opened.sync_feeds([spec("a")], T0)
+        yield opened
+
+
+def _query(store: SQLiteStore, sql: str) -> object:
+    """Run one statement on the store's own connection (its worker thread)."""
+    return store._run(lambda c: c.execute(sql).fetchall())
+
+
+# --- the file ----------------------------------------------------------------------------------
+
+
+async def test_state_survives_close_and_a_new_process(db: Path) -> None:
+    async with SQLiteStore(db) as first:
+        await first.sync_feeds([spec("a")], T0)
+        await record(first, "a", [item("k1")], [alert("k1")], next_poll_at=T0 + HOUR)
+        state = await first.feed_state("a")
+    async with SQLiteStore(db) as second:
+        assert await second.feed_state("a") == state
+        assert await second.unseen("a", ["k1", "k2"]) == {"k2"}
+        [pending] = await second.claim_deliveries("tg", T0, 10, MINUTE)
+        assert pending.alert.item_key == "k1"
+        assert [i.key for i in await second.recent_items(T0)] == ["k1"]
+
+
+async def test_parent_directory_is_created(db: Path) -> None:
+    assert not await asyncio.to_thread(db.parent.exists)
+    async with SQLiteStore(db):
+        assert await asyncio.to_thread(db.exists)
+
+
+async def test_pragmas_protect_the_outbox(store: SQLiteStore) -> None:
+    assert await _query(store, "PRAGMA journal_mode") == [("wal",)]
+    assert await _query(store, "PRAGMA synchronous") == [(2,)]  # FULL
+    assert await _query(store, "PRAGMA foreign_keys") == [(1,)]
+    assert await _query(store, "PRAGMA busy_timeout") == [(5000,)]
+
+
+async def test_every_call_runs_on_one_worker_thread(store: SQLiteStore) -> None:
+    idents = await asyncio.gather(*(store._run(lambda c: threading.get_ident()) for _ in range(5)))
+    assert len(set(idents)) == 1
+    assert idents[0] != threading.get_ident()
+
+
+async def test_close_waits_for_queued_calls_and_stops_the_thread(db: Path) -> None:
+    store = SQLiteStore(db)
+    await store.open()
+    await store.sync_feeds([spec("a")], T0)
+    worker = await store._run(lambda c: threading.get_ident())
+    calls = [asyncio.ensure_future(record(store, "a", [item(f"k{n}")])) for n in range(5)]
+    await asyncio.sleep(0)  # let the calls reach the worker before close
+    await store.close()
+    results = [await c for c in calls]
+    assert sum(len(r.new_items) for r in results) == 5
+    assert worker not in {t.ident for t in threading.enumerate()}
+
+
+# --- one process per file ----------------------------------------------------------------------
+
+
+async def test_a_second_store_on_the_same_file_is_refused(store: SQLiteStore, db: Path) -> None:
+    lock = db.with_name(db.name + ".lock")
+    assert lock.read_text().strip() == str(os.getpid())
+    with pytest.raises(
+        StoreError, match=rf"in use by another monitor process \(pid {os.getpid()}\)"
+    ):
+        await SQLiteStore(db).open()
+    await store.close()
+    async with SQLiteStore(db) as next_one:
+        assert await next_one.unseen("a", ["k"]) == {"k"}
+
+
+@pytest.fixture
+def garbage(db: Path) -> Path:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not a database, just some text " * 100)
+    return db
+
+
+async def test_a_file_that_is_no_database_is_refused_and_unlocked(garbage: Path) -> None:
+    for _ in range(2):  # the second attempt fails the same way, not on the lock
+        with pytest.raises(StoreError, match="is not a SQLite database"):
+            await SQLiteStore(garbage).open()
+
+
+async def test_use_after_close_is_refused(db: Path) -> None:
+    store = SQLiteStore(db)
+    async with store:
+        pass
+    with pytest.raises(StoreError, match="not open"):
+        await store.pending_count()
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+
+def test_shipped_migrations_are_numbered_from_one() -> None:
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert migrations[0].name == "0001_initial.sql"
+
+
+async def test_a_new_file_gets_the_latest_schema(store: SQLiteStore) -> None:
+    assert await _query(store, "PRAGMA user_version") == [(len(load_migrations()),)]
+
+
+async def test_a_newer_schema_is_refused(db: Path) -> None:
+    async with SQLiteStore(db):
+        pass
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    known = len(load_migrations())
+    with pytest.raises(
+        StoreError, match=rf"newer version \(schema 99; this version knows {known}\)"
+    ):
+        await SQLiteStore(db).open()
+
+
+async def test_a_failing_migration_changes_nothing(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteStore(db) as store:
+        await store.sync_feeds([spec("a")], T0)
+        await record(store, "a", [item("k1")], [alert("k1")])
+    broken = Migration(
+        len(load_migrations()) + 1,
+        "0099_broken.sql",
+        "CREATE TABLE half_done (x);\nALTER TABLE items ADD COLUMN extra TEXT;\n"
+        "INSERT INTO no_such_table VALUES (1);",
+    )
+    monkeypatch.setattr(
+        "monitor.store.sqlite.load_migrations", lambda: [*load_migrations(), broken]
+    )
+    with pytest.raises(StoreError, match=r"0099_broken\.sql failed and was rolled back"):
+        await SQLiteStore(db).open()
+    monkeypatch.undo()
+    async with SQLiteStore(db) as store:
+        assert await _query(store, "PRAGMA user_version") == [(len(load_migrations()),)]
+        tables = await _query(store, "SELECT name FROM sqlite_master WHERE name = 'half_done'")
+        assert tables == []
+        assert await store.unseen("a", ["k1"]) == set()
+        assert await store.pending_count() == 1
+
+
+def test_migrate_applies_only_what_is_missing(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "m.db")
+    try:
+        one = Migration(1, "0001_a.sql", "CREATE TABLE a (x);")
+        two = Migration(2, "0002_b.sql", "CREATE TABLE b (x)")  # no trailing semicolon
+        migrate(conn, [one], "m.db")
+        migrate(conn, [one, two], "m.db")
+        migrate(conn, [one, two], "m.db")
+        assert schema_version(conn) == 2
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert names == {"a", "b"}
+    finally:
+        conn.close()
+
+
+# --- errors and atomicity ----------------------------------------------------------------------
+
+
+def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "t.db")
+    try:
+        conn.execute("CREATE TABLE t (x)")
+
+        def write_then_crash() -> None:
+            with transaction(conn):
+                conn.execute("INSERT INTO t VALUES (1)")
+                raise RuntimeError("crash between the writes")
+
+        with pytest.raises(RuntimeError):
+            write_then_crash()
+        assert not conn.in_transaction
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+async def test_a_failing_record_items_leaves_nothing_behind(store: SQLiteStore) -> None:
+    await _query(
+        store,
+        "CREATE TRIGGER no_outbox BEFORE INSERT ON deliveries"
+        " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+    )
+    before = await store.feed_state("a")
+    await store.claim_due_feeds(T0 + MINUTE, 10, HOUR)
+    with pytest.raises(StoreError, match="disk on fire") as caught:
+        await record(store, "a", [item("k1"), item("k2")], [alert("k1")], now=T0 + MINUTE)
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    # Neither the items nor the alert nor the feed's success: the poll simply happens again.
+    assert await store.unseen("a", ["k1", "k2"]) == {"k1", "k2"}
+    assert await store.feed_state("a") == before
+    assert await _query(store, "SELECT count(*) FROM alerts") == [(0,)]
+    assert await store.claim_due_feeds(T0 + MINUTE, 10, HOUR) == []  # still claimed
+    await _query(store, "DROP TRIGGER no_outbox")
+    recorded = await record(store, "a", [item("k1"), item("k2")], [alert("k1")], now=T0 + HOUR)
+    assert (len(recorded.new_items), recorded.alerts, recorded.deliveries) == (2, 1, 1)
+
+
+async def test_a_failed_write_is_a_store_error(store: SQLiteStore) -> None:
+    await _query(store, "PRAGMA query_only = ON")  # stands in for a read-only or full disk
+    with pytest.raises(StoreError, match="readonly database"):
+        await record(store, "a", [item("k1")], [alert("k1")])
+    await _query(store, "PRAGMA query_only = OFF")
+    assert await store.unseen("a", ["k1"]) == {"k1"}
+    assert await store.pending_count() == 0
+
+
+async def test_text_that_is_not_unicode_is_a_store_error(store: SQLiteStore) -> None:
+    with pytest.raises(StoreError, match="not valid Unicode"):
+        await record(store, "a", [item("k1", title="broken \ud800 surrogate")])
+    assert await store.unseen("a", ["k1"]) == {"k1"}
+
+
+async def test_a_cancelled_open_leaves_the_file_unlocked(db: Path) -> None:
+    opening = asyncio.ensure_future(SQLiteStore(db).open())
+    await asyncio.sleep(0)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    for _ in range(100):  # the worker finishes opening, then closes, on its own time
+        try:
+            async with SQLiteStore(db) as store:
+                assert await store.pending_count() == 0
+                return
+        except StoreError:
+            await asyncio.sleep(0.01)
+    pytest.fail("the lock of a cancelled open was never released")
+
+
+async def test_deleting_an_alert_cascades_to_its_deliveries(store: SQLiteStore) -> None:
+    await record(store, "a", [item("k1")], [alert("k1", channels=["tg", "mail"])])
+    await _query(store, "DELETE FROM alerts")
+    assert await store.pending_count() == 0
+
+
+# --- codec -------------------------------------------------------------------------------------
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1900, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    ),
+    st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(9999, 12, 30)),
+)
+def test_stored_times_round_trip_and_sort_as_text(a: datetime, naive_b: datetime) -> None:
+    b = naive_b.replace(tzinfo=UTC)
+    assert text_to_dt(dt_to_text(a)) == a
+    assert text_to_dt(dt_to_text(a)).tzinfo is UTC
+    assert (dt_to_text(a) < dt_to_text(b)) == (a < b)
+
+
+# --- SQLite agrees with the reference store ----------------------------------------------------
+
+_polls = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.lists(
+            st.tuples(
+                st.sampled_from([f"k{n}" for n in range(8)]),
+                st.sampled_from([None, (), ("tg",), ("tg", "mail")]),  # None: no alert
+            ),
+            max_size=8,
+        ),
+    ),
+    max_size=10,
+)
+
+
+async def _replay(store: Store, polls: list[tuple[str, list[tuple[str, object]]]]) -> list[object]:
+    outcomes: list[object] = []
+    async with store:  # type: ignore[attr-defined]
+        await store.sync_feeds([spec("a"), spec("b")], T0)
+        for n, (feed, entries) in enumerate(polls):
+            now = T0 + n * DAY  # a day apart, so last-seen refreshes happen too
+            items = [item(key, feed) for key, _ in entries]
+            alerts = [alert(key, feed, ch) for key, ch in entries if isinstance(ch, tuple)]
+            got = await record(store, feed, items, alerts, now=now)
+            outcomes.append(([i.key for i in got.new_items], got.alerts, got.deliveries))
+        outcomes.append((await store.pending_count("tg"), await store.pending_count("mail")))
+    return outcomes
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_polls)
+def test_sqlite_agrees_with_memory_on_any_poll_sequence(
+    polls: list[tuple[str, list[tuple[str, object]]]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        memory = asyncio.run(_replay(MemoryStore(), polls))
+        sqlite = asyncio.run(_replay(SQLiteStore(Path(tmp) / "state.db"), polls))
+    assert sqlite == memory
+    # The model: an item alerts once, in the poll that first sees it, if that poll alerts.
+    seen: set[tuple[str, str]] = set()
+    expected = 0
+    for feed, entries in polls:
+        first_alert: dict[str, object] = {}
+        for key, channels in entries:
+            if isinstance(channels, tuple):
+                first_alert.setdefault(key, channels)
+        for key in dict.fromkeys(k for k, _ in entries):
+            if (feed, key) not in seen:
+                seen.add((feed, key))
+                expected += key in first_alert
+    assert sum(int(o[1]) for o in memory[:-1]) == expected  # type: ignore[index]
+
+
+async def test_reopening_releases_leases_left_by_a_dead_process(tmp_path: Path) -> None:
+    from monitor.models import FeedSpec
+
+    path = tmp_path / "state.db"
+    feed = FeedSpec(name="a", url="https://example.org/a", interval=timedelta(minutes=5))
+    now = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+    async with SQLiteStore(path) as first:
+        await first.sync_feeds([feed], now)
+        [claimed] = await first.claim_due_feeds(now + timedelta(minutes=1), 10, timedelta(hours=1))
+        assert claimed.name == "a"
+        assert await first.claim_due_feeds(now + timedelta(minutes=2), 10, timedelta(hours=1)) == []
+    async with SQLiteStore(path) as second:  # the first "died" holding its claim
+        again = await second.claim_due_feeds(now + timedelta(minutes=2), 10, timedelta(hours=1))
+        assert [s.name for s in again] == ["a"]
