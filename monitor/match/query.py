@@ -82,6 +82,15 @@ def regex(text: str, *, case_sensitive: bool = False) -> Regex:
     return Regex(text=text, pattern=pattern)
 
 
+def terms_of(node: Node) -> list[str]:
+    """Every term's text in the tree, in the order written (for stable explanations)."""
+    if isinstance(node, Term | Regex):
+        return [node.text]
+    if isinstance(node, Not):
+        return terms_of(node.child)
+    return [text for child in node.children for text in terms_of(child)]
+
+
 def structured(
     any_: Sequence[str] = (),
     all_: Sequence[str] = (),

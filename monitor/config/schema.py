@@ -1,0 +1,345 @@
+"""Pydantic models of the YAML file, and their errors rewritten as plain-word problems."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from monitor.config.units import Duration, Interval, Size
+from monitor.config.yamlsource import KeyPath, Reporter, kind
+from monitor.models import FIELDS, DeliveryPolicy, FetchLimits, PollPolicy, Retention
+
+_POLL, _DELIVERY, _RETENTION, _LIMITS = PollPolicy(), DeliveryPolicy(), Retention(), FetchLimits()
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+M = TypeVar("M", bound=BaseModel)
+
+
+def _str_list(value: object) -> object:
+    # A single string is the one-item list users obviously mean.
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of strings, got {kind(value)}")
+    return value
+
+
+def _first_fetch(value: object) -> object:
+    if value == "seed":
+        return {"backfill": 0}
+    if not isinstance(value, dict):
+        raise ValueError("expected 'seed' or {backfill: N}")
+    return value
+
+
+def _url(value: str) -> str:
+    if any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError("URL contains spaces or control characters")
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise ValueError("not an absolute URL: write it with http:// or https://")
+    if scheme not in ("http", "https"):
+        shown = scheme if len(scheme) <= 20 else scheme[:20] + "..."
+        raise ValueError(f"unsupported scheme '{shown}': only http and https feeds are fetched")
+    try:
+        parts.port  # noqa: B018 - reading the property validates the port
+    except ValueError:
+        raise ValueError("URL has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        msg = f"unknown timezone {value!r}: use an IANA name such as Europe/Berlin or UTC"
+        raise ValueError(msg) from None
+    return value
+
+
+def _header(value: str) -> str:
+    # A line break here would inject headers into every request.
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain line breaks or control characters")
+    return value
+
+
+def _field(value: str) -> str:
+    if value not in FIELDS:
+        raise ValueError(f"unknown field {value!r} (valid: {', '.join(FIELDS)})")
+    return value
+
+
+def channel_name(value: str) -> str | None:
+    """Why `value` is not a usable channel name, or None when it is."""
+    return None if _NAME.fullmatch(value) else "channel names use letters, digits and _ - . only"
+
+
+Redirects = Annotated[int, Field(ge=0, le=20)]
+Text = Annotated[str, Field(min_length=1)]
+StrList = Annotated[tuple[Text, ...], BeforeValidator(_str_list)]
+# Terms stay plain: the query compiler explains an empty or wordless term better.
+Terms = Annotated[tuple[str, ...], BeforeValidator(_str_list)]
+Fields = Annotated[
+    tuple[Annotated[str, AfterValidator(_field)], ...],
+    BeforeValidator(_str_list),
+    Field(min_length=1),
+]
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, numbers are accepted as text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class Backfill(Strict):
+    backfill: int = Field(ge=0)
+
+
+FirstFetch = Annotated[Backfill, BeforeValidator(_first_fetch)]
+
+
+class Timeout(Strict):
+    connect: Duration | None = None
+    read: Duration | None = None
+    total: Duration | None = None
+
+
+class Defaults(Strict):
+    interval: Interval = timedelta(minutes=5)
+    first_fetch: FirstFetch = Backfill(backfill=0)
+    timeout: Timeout = Timeout()
+    max_size: Size = _LIMITS.max_bytes
+    max_redirects: Redirects = _LIMITS.max_redirects
+
+
+class Poll(Strict):
+    concurrency: int = Field(default=_POLL.concurrency, ge=1)
+    per_host: int = Field(default=_POLL.per_host, ge=1)
+    jitter: float = Field(default=_POLL.jitter, ge=0, le=0.5)
+    backoff_cap: Duration = _POLL.backoff_cap
+    max_items: int = Field(default=_POLL.max_items, ge=1)
+    user_agent: Annotated[str, AfterValidator(_header)] = _POLL.user_agent
+
+
+class Delivery(Strict):
+    retry_base: Duration = _DELIVERY.retry_base
+    retry_cap: Duration = _DELIVERY.retry_cap
+    max_attempts: int = Field(default=_DELIVERY.max_attempts, ge=1)
+
+
+class Retain(Strict):
+    seen: Duration = _RETENTION.seen
+    text: Duration = _RETENTION.text
+    deliveries: Duration = _RETENTION.deliveries
+
+
+class Top(Strict):
+    """The top level; `feeds`, `channels` and `rules` entries are validated one by one."""
+
+    state: Text | None = None
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    defaults: Defaults = Defaults()
+    poll: Poll = Poll()
+    delivery: Delivery = Delivery()
+    retention: Retain = Retain()
+    feeds: list[Any] = []
+    channels: dict[str, Any] = {}
+    rules: list[Any] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: object) -> object:
+        # `channels:` with every entry commented out reads as null: treat it as absent.
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class Feed(Strict):
+    url: Annotated[str, AfterValidator(_url)]
+    name: Text | None = None
+    tags: StrList = ()
+    interval: Interval | None = None
+    first_fetch: FirstFetch | None = None
+    timeout: Timeout | None = None
+    max_size: Size | None = None
+    max_redirects: Redirects | None = None
+
+
+class Console(Strict):
+    """Prints alerts to standard output."""
+
+    type: Literal["console"]
+
+    def options(self, base: Path) -> dict[str, object]:
+        return {}
+
+
+class Jsonl(Strict):
+    """Appends one JSON object per alert to a file."""
+
+    type: Literal["jsonl"]
+    path: Text
+
+    def options(self, base: Path) -> dict[str, object]:
+        return {"path": os.path.normpath(base / self.path)}
+
+
+class Channel(RootModel[Annotated[Console | Jsonl, Field(discriminator="type")]]):
+    """One `channels:` entry. A new type is one more small model with a `type` literal and
+    `options(base)`, added to this union."""
+
+
+def _tags(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(map(str, get_args(model.model_fields["type"].annotation)))
+
+
+CHANNEL_TYPES: tuple[str, ...] = tuple(t for m in get_args(Console | Jsonl) for t in _tags(m))
+
+
+class Scope(Strict):
+    names: StrList = ()
+    tags: StrList = ()
+
+
+def _scope(value: object) -> object:
+    return {"names": value} if isinstance(value, str | list) else value
+
+
+class Rule(Strict):
+    name: Text
+    any_: Terms = Field((), alias="any")
+    all_: Terms = Field((), alias="all")
+    none: Terms = ()
+    regex: Terms = ()
+    fields: Fields | None = None
+    feeds: Annotated[Scope, BeforeValidator(_scope)] = Scope()
+    notify: StrList | None = None
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+_PLAIN = {
+    **dict.fromkeys(("model_type", "model_attributes_type", "dict_type"), "expected a mapping"),
+    **dict.fromkeys(("list_type", "tuple_type"), "expected a list"),
+    "string_type": "expected a string",
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "expected a whole number"),
+    **dict.fromkeys(("float_type", "float_parsing"), "expected a number"),
+    **dict.fromkeys(("bool_type", "bool_parsing"), "expected true or false"),
+}
+_BOUNDS = {"greater_than_equal": ("ge", "at least"), "less_than_equal": ("le", "at most")}
+_BOUNDS |= {"greater_than": ("gt", "more than"), "less_than": ("lt", "less than")}
+
+
+def validate(model: type[M], data: object, prefix: KeyPath, report: Reporter) -> M | None:
+    """`data` as `model`; on errors, reports each at `prefix` + its path and returns a stand-in
+    built from the valid keys, or None."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+    found = [_explain(e, model, data) for e in errors]
+    suggested = {(path[:-1], hint) for path, _, hint in found if hint}
+    for path, message, _ in found:
+        if message.startswith("missing required key") and (path[:-1], path[-1]) in suggested:
+            continue  # the misspelt key already reported says what was meant
+        report.add((*prefix, *path), message)
+    # Without its broken keys the entry can still be cross-checked, so more is reported at once;
+    # a config with problems is never returned, so the stand-in values do no harm.
+    broken = {e["loc"][0] for e in errors if e["loc"]}
+    if isinstance(data, dict) and broken & data.keys():
+        try:
+            return model.model_validate({k: v for k, v in data.items() if k not in broken})
+        except ValidationError:
+            pass
+    return None
+
+
+def _explain(error: ErrorDetails, model: type[BaseModel], data: object) -> tuple[KeyPath, str, str]:
+    """(shown path, message, key suggested by an unknown-key message or "")."""
+    loc = tuple(error["loc"])
+    path = _shown(loc, data)
+    kind_, ctx = error["type"], error.get("ctx", {})
+    key = str(path[-1]) if path else ""
+    if kind_ == "extra_forbidden":
+        close = difflib.get_close_matches(key, _keys_at(model, loc[:-1]), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return path, f"unknown key '{key}'{hint}", close[0] if close else ""
+    if kind_ == "missing":
+        return path, f"missing required key '{key}'", ""
+    if kind_ in ("union_tag_invalid", "union_tag_not_found"):
+        tag, known = ctx["discriminator"].strip("'"), ", ".join(CHANNEL_TYPES)
+        got = f"unknown {tag} '{ctx['tag']}'" if "tag" in ctx else f"missing required key '{tag}'"
+        return (*path, tag), f"{got} (known: {known})", ""
+    if kind_ == "value_error":
+        return path, str(ctx["error"]), ""
+    if kind_ in _PLAIN:
+        # YAML 1.1 reads a bare yes/no/on/off as a boolean.
+        quote = kind_ == "string_type" and isinstance(error["input"], bool)
+        hint = " (put it in quotes if you meant text)" if quote else ""
+        return path, f"{_PLAIN[kind_]}, got {kind(error['input'])}{hint}", ""
+    if kind_ in _BOUNDS:
+        name, words = _BOUNDS[kind_]
+        return path, f"must be {words} {ctx[name]}", ""
+    if kind_ in ("string_too_short", "too_short"):
+        return path, "must not be empty", ""
+    if kind_ == "literal_error":
+        return path, f"must be {ctx['expected']}", ""
+    return path, error["msg"], ""
+
+
+def _shown(loc: KeyPath, data: object) -> KeyPath:
+    """The error location as the user wrote it: union tags and other pydantic-only steps go."""
+    out: list[str | int] = []
+    for index, part in enumerate(loc):
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if (isinstance(data, dict) and part in data) or in_list:
+            data = data[part]  # type: ignore[index]
+        elif not (index == len(loc) - 1 and isinstance(data, dict)):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _keys_at(model: type[BaseModel], loc: KeyPath) -> list[str]:
+    """The keys the model accepts at `loc`, for "did you mean" hints."""
+    models = _models(model)
+    for part in loc:
+        inner = [
+            sub
+            for m in models
+            for name, info in m.model_fields.items()
+            if (info.alias or name) == part
+            for sub in _models(info.annotation)
+        ]
+        tagged = [m for m in models if "type" in m.model_fields and part in _tags(m)]
+        models = inner or tagged or models
+    return sorted({info.alias or name for m in models for name, info in m.model_fields.items()})
+
+
+def _models(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, RootModel):
+        return _models(annotation.model_fields["root"].annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models(arg)]

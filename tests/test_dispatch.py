@@ -1,0 +1,200 @@
+"""The dispatcher against a real store: sends, retries with backoff, permanent failures,
+paused channels, retry_after, poison rows, and channels independent of each other."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.dispatch import Dispatcher, retry_delay
+from monitor.errors import ChannelError, DeliveryError
+from monitor.models import (
+    Alert,
+    CacheInfo,
+    ChannelSpec,
+    Delivery,
+    DeliveryPolicy,
+    FeedSpec,
+    Item,
+    Match,
+)
+from monitor.store import SQLiteStore, Store
+
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+POLICY = DeliveryPolicy(retry_base=timedelta(seconds=10), retry_cap=timedelta(minutes=5),
+                        max_attempts=4)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class ScriptedChannel:
+    """A channel that fails as scripted, then accepts; records what it accepted."""
+
+    def __init__(self, name: str, script: list[Exception] | None = None) -> None:
+        self.spec = ChannelSpec(name=name, type="test")
+        self.script = list(script or [])
+        self.sent: list[str] = []
+        self.attempts = 0
+
+    async def __aenter__(self) -> ScriptedChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def send(self, delivery: Delivery) -> None:
+        self.attempts += 1
+        if self.script:
+            raise self.script.pop(0)
+        self.sent.append(delivery.alert.title)
+
+
+async def seed(store: Store, titles: list[str], channels: tuple[str, ...]) -> None:
+    feed = FeedSpec(name="wire", url="https://example.org/", interval=timedelta(minutes=5))
+    await store.sync_feeds([feed], T0)
+    items = [Item(feed="wire", key=f"id:{t}", title=t, link="", seen_at=T0) for t in titles]
+    alerts = [
+        Alert(feed="wire", item_key=i.key, title=i.title, link="", summary="", published=None,
+              seen_at=T0, matches=(Match("r", ("x",), ("title",), channels),))
+        for i in items
+    ]
+    await store.record_items("wire", items, alerts, cache=CacheInfo(), now=T0,
+                             next_poll_at=T0 + timedelta(minutes=5))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with SQLiteStore(tmp_path / "state.db") as opened:
+        yield opened
+
+
+def dispatcher(store: Store, clock: Clock, *channels: ScriptedChannel) -> Dispatcher:
+    return Dispatcher(store, {c.spec.name: c for c in channels}, POLICY, clock, random.Random(7))
+
+
+async def test_sends_in_order_and_marks_each_sent(store: Store) -> None:
+    await seed(store, ["one", "two", "three"], ("desk",))
+    desk = ScriptedChannel("desk")
+    stats = await dispatcher(store, Clock(), desk).run_once()
+    assert desk.sent == ["one", "two", "three"]
+    assert stats.sent == 3
+    assert await store.pending_count() == 0
+    assert await dispatcher(store, Clock(), desk).run_once() == type(stats)()  # nothing twice
+
+
+async def test_transient_failure_is_retried_after_backoff(store: Store) -> None:
+    await seed(store, ["one"], ("desk",))
+    clock = Clock()
+    desk = ScriptedChannel("desk", [DeliveryError("timeout")])
+    d = dispatcher(store, clock, desk)
+    first = await d.run_once()
+    assert (first.sent, first.retried) == (0, 1)
+    [pending] = await store.deliveries("desk", "pending")
+    assert pending.attempts == 1
+    assert pending.last_error == "timeout"
+    assert (await d.run_once()).sent == 0  # not due yet
+    clock.now += timedelta(seconds=13)
+    assert (await d.run_once()).sent == 1
+    assert desk.sent == ["one"]
+
+
+async def test_permanent_failure_does_not_block_the_others(store: Store) -> None:
+    await seed(store, ["bad", "good"], ("desk",))
+    desk = ScriptedChannel("desk", [DeliveryError("message rejected", permanent=True)])
+    stats = await dispatcher(store, Clock(), desk).run_once()
+    assert (stats.sent, stats.failed) == (1, 1)
+    assert desk.sent == ["good"]
+    [failed] = await store.deliveries("desk", "failed")
+    assert failed.last_error == "message rejected"
+
+
+async def test_poison_delivery_gives_up_after_max_attempts(store: Store) -> None:
+    await seed(store, ["poison"], ("desk",))
+    clock = Clock()
+    desk = ScriptedChannel("desk", [DeliveryError("boom")] * 10)
+    d = dispatcher(store, clock, desk)
+    for _ in range(POLICY.max_attempts):
+        await d.run_once()
+        clock.now += timedelta(hours=1)
+    assert desk.attempts == POLICY.max_attempts
+    [failed] = await store.deliveries("desk", "failed")
+    assert failed.last_error == "gave up after 4 attempts: boom"
+    assert await store.pending_count() == 0
+
+
+async def test_channel_error_pauses_only_that_channel(store: Store) -> None:
+    await seed(store, ["one", "two"], ("desk", "mail"))
+    desk = ScriptedChannel("desk", [ChannelError("bot was removed from the chat")])
+    mail = ScriptedChannel("mail")
+    d = dispatcher(store, Clock(), desk, mail)
+    await d.run_once()
+    assert d.paused == {"desk": "bot was removed from the chat"}
+    assert mail.sent == ["one", "two"]
+    assert desk.sent == []
+    assert await store.pending_count("desk") == 1  # kept for when the channel is fixed
+    await d.run_once()
+    assert desk.attempts == 1
+
+
+async def test_retry_after_pauses_the_channel_for_exactly_that_long(store: Store) -> None:
+    await seed(store, ["one", "two"], ("desk",))
+    clock = Clock()
+    desk = ScriptedChannel("desk", [DeliveryError("flood control", retry_after=30)])
+    d = dispatcher(store, clock, desk)
+    await d.run_once()
+    assert desk.attempts == 1  # "two" was not tried while the channel is told to wait
+    clock.now += timedelta(seconds=29)
+    await d.run_once()
+    assert desk.sent == []
+    clock.now += timedelta(seconds=1)
+    await d.run_once()
+    assert desk.sent == ["one", "two"]
+
+
+async def test_a_crashing_notifier_loses_nothing(store: Store) -> None:
+    await seed(store, ["one"], ("desk",))
+    clock = Clock()
+    desk = ScriptedChannel("desk", [RuntimeError("bug")])
+    d = dispatcher(store, clock, desk)
+    assert (await d.run_once()).retried == 1
+    clock.now += timedelta(minutes=1)
+    await d.run_once()
+    assert desk.sent == ["one"]
+
+
+async def test_stop_releases_claimed_deliveries(store: Store) -> None:
+    await seed(store, ["one", "two"], ("desk",))
+    clock = Clock()
+    desk = ScriptedChannel("desk")
+    d = dispatcher(store, clock, desk)
+    original: Callable[[Delivery], object] = desk.send
+
+    async def send_then_stop(delivery: Delivery) -> None:
+        await original(delivery)  # type: ignore[misc]
+        d.stop()
+
+    desk.send = send_then_stop  # type: ignore[method-assign]
+    await d.run_once()
+    assert desk.sent == ["one"]
+    [left] = await store.claim_deliveries("desk", clock.now, 10, timedelta(minutes=1))
+    assert left.alert.title == "two"
+    assert left.attempts == 0
+
+
+def test_retry_delay_doubles_and_is_capped() -> None:
+    rng = random.Random(1)
+    delays = [retry_delay(n, POLICY, rng).total_seconds() for n in (1, 2, 3, 10)]
+    assert 8 <= delays[0] <= 12
+    assert 16 <= delays[1] <= 24
+    assert 32 <= delays[2] <= 48
+    assert delays[3] <= 360
