@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from monitor.config import schema
-from monitor.config.schema import validate
+from monitor.config.explain import validate
 from monitor.config.yamlsource import KeyPath, Reporter
 from monitor.match.query import Node, TermError, regex, structured, term
 from monitor.models import (
