@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -10,8 +11,13 @@ from monitor.match.query import And, Node, Not, Or, Regex, Term, terms_of
 from monitor.match.text import words
 from monitor.models import FeedSpec, Item, Match, Rule
 
+log = logging.getLogger("monitor.match")
+
 #: (term as written, field name) pairs that made a query true.
 Hits = set[tuple[str, str]]
+
+#: Seconds one regex search may take on one field before it counts as "no match".
+REGEX_TIMEOUT = 0.05
 
 
 class Fields:
@@ -21,6 +27,8 @@ class Fields:
         self._item = item
         self._positions: dict[str, dict[str, list[int]]] = {}
         self._words: dict[str, list[str]] = {}
+        #: Regex terms that hit REGEX_TIMEOUT on this item (reported by the caller).
+        self.timeouts: list[str] = []
 
     def text(self, name: str) -> str:
         return self._item.text(name)
@@ -52,6 +60,14 @@ def _term_in(term: Term, fields: Fields, name: str) -> bool:
     return any(tuple(tokens[i : i + n]) == term.words for i in candidates)
 
 
+def _search(node: Regex, fields: Fields, name: str) -> bool:
+    try:
+        return node.pattern.search(fields.text(name), timeout=REGEX_TIMEOUT) is not None
+    except TimeoutError:
+        fields.timeouts.append(node.text)
+        return False
+
+
 def _precedes(head: Sequence[str], tokens: Sequence[str], i: int) -> bool:
     """Whether `head` stands immediately before position `i` in `tokens`."""
     start = i - len(head)
@@ -69,7 +85,7 @@ def evaluate(node: Node, fields: Fields, names: Sequence[str], hits: Hits) -> bo
         hits.update((node.text, name) for name in found)
         return bool(found)
     if isinstance(node, Regex):
-        found = [name for name in names if node.pattern.search(fields.text(name))]
+        found = [name for name in names if _search(node, fields, name)]
         hits.update((node.text, name) for name in found)
         return bool(found)
     if isinstance(node, And):
@@ -101,6 +117,12 @@ class Matcher:
             hits: Hits = set()
             if evaluate(rule.query, fields, rule.fields, hits):
                 found.append(_explain(rule, hits))
+        if fields.timeouts:
+            log.warning(
+                "regex search took over %gs and counted as no match: %s",
+                REGEX_TIMEOUT, ", ".join(sorted(set(fields.timeouts))),
+                extra={"feed": feed.name},
+            )
         return tuple(found)
 
     def match_all(self, feed: FeedSpec, items: Iterable[Item]) -> dict[str, tuple[Match, ...]]:

@@ -146,3 +146,10 @@ def test_bad_terms_are_rejected_with_position() -> None:
     assert info.value.position == 0
     with pytest.raises(TermError, match="no terms"):
         structured()
+
+
+def test_catastrophic_regex_is_bounded_and_counts_as_no_match() -> None:
+    r = rule(regexes=(r"(a|aa)+$",), fields=("title", "summary"))
+    hostile = "a" * 40 + "!"
+    assert not matched(r, item(hostile, hostile))  # returns (after the per-search timeout)
+    assert matched(rule(any_=("b",), regexes=(r"(a|aa)+$",)), item("b aa"))
