@@ -104,7 +104,8 @@ class Dispatcher:
         except ChannelError as exc:
             self.paused[channel] = str(exc)
             log.error(
-                "channel paused: %s", exc,
+                "channel paused: %s",
+                exc,
                 extra={"channel": channel, "delivery": delivery.id},
             )
             await self._fail(delivery, str(exc), stats)
@@ -138,7 +139,9 @@ class Dispatcher:
         await self._store.mark_retry(delivery.id, error, now=now, retry_at=retry_at)
         stats.retried += 1
         log.warning(
-            "delivery failed, will retry at %s: %s", retry_at.isoformat(timespec="seconds"), error,
+            "delivery failed, will retry at %s: %s",
+            retry_at.isoformat(timespec="seconds"),
+            error,
             extra={"channel": delivery.channel, "delivery": delivery.id, "attempt": attempts},
         )
 
@@ -146,6 +149,7 @@ class Dispatcher:
         await self._store.mark_failed(delivery.id, error, now=self._clock())
         stats.failed += 1
         log.error(
-            "delivery failed for good: %s", error,
+            "delivery failed for good: %s",
+            error,
             extra={"channel": delivery.channel, "delivery": delivery.id},
         )

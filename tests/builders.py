@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -19,7 +19,7 @@ def rss(entries: Sequence[tuple[str, str] | tuple[str, str, str]], title: str = 
         summary = entry[2] if len(entry) > 2 else ""
         published = format_datetime(BASE - timedelta(minutes=n))
         items.append(
-            f"<item><guid isPermaLink=\"false\">{escape(guid)}</guid>"
+            f'<item><guid isPermaLink="false">{escape(guid)}</guid>'
             f"<title>{escape(headline)}</title>"
             f"<link>https://news.example/{escape(guid)}</link>"
             f"<description>{escape(summary)}</description>"

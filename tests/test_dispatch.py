@@ -25,8 +25,9 @@ from monitor.models import (
 from monitor.store import SQLiteStore, Store
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
-POLICY = DeliveryPolicy(retry_base=timedelta(seconds=10), retry_cap=timedelta(minutes=5),
-                        max_attempts=4)
+POLICY = DeliveryPolicy(
+    retry_base=timedelta(seconds=10), retry_cap=timedelta(minutes=5), max_attempts=4
+)
 
 
 class Clock:
@@ -64,12 +65,21 @@ async def seed(store: Store, titles: list[str], channels: tuple[str, ...]) -> No
     await store.sync_feeds([feed], T0)
     items = [Item(feed="wire", key=f"id:{t}", title=t, link="", seen_at=T0) for t in titles]
     alerts = [
-        Alert(feed="wire", item_key=i.key, title=i.title, link="", summary="", published=None,
-              seen_at=T0, matches=(Match("r", ("x",), ("title",), channels),))
+        Alert(
+            feed="wire",
+            item_key=i.key,
+            title=i.title,
+            link="",
+            summary="",
+            published=None,
+            seen_at=T0,
+            matches=(Match("r", ("x",), ("title",), channels),),
+        )
         for i in items
     ]
-    await store.record_items("wire", items, alerts, cache=CacheInfo(), now=T0,
-                             next_poll_at=T0 + timedelta(minutes=5))
+    await store.record_items(
+        "wire", items, alerts, cache=CacheInfo(), now=T0, next_poll_at=T0 + timedelta(minutes=5)
+    )
 
 
 @pytest.fixture

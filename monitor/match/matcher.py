@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.match.query import And, Node, Not, Or, Regex, Term, terms_of
+from monitor.match.query import And, Node, Or, Regex, Term, terms_of
 from monitor.match.text import words
 from monitor.models import FeedSpec, Item, Match, Rule
 
@@ -120,7 +120,8 @@ class Matcher:
         if fields.timeouts:
             log.warning(
                 "regex search took over %gs and counted as no match: %s",
-                REGEX_TIMEOUT, ", ".join(sorted(set(fields.timeouts))),
+                REGEX_TIMEOUT,
+                ", ".join(sorted(set(fields.timeouts))),
                 extra={"feed": feed.name},
             )
         return tuple(found)

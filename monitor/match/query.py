@@ -91,7 +91,8 @@ def regex(text: str, *, case_sensitive: bool = False) -> Regex:
             re.compile(text)
         except re.error as std:
             raise TermError(f"invalid regex {text!r}: {std.msg}", std.pos) from exc
-        raise TermError(f"invalid regex {text!r}: {exc.msg}", exc.pos) from exc
+        msg, pos = getattr(exc, "msg", str(exc)), getattr(exc, "pos", None)
+        raise TermError(f"invalid regex {text!r}: {msg}", pos) from exc
     return Regex(text=text, pattern=pattern)
 
 

@@ -31,8 +31,10 @@ def record(delivery: Delivery) -> dict[str, Any]:
         "published": alert.published.isoformat() if alert.published else None,
         "seen": alert.seen_at.isoformat(),
         "rules": [m.rule for m in matches],
-        "terms": sorted({t for m in matches for t in m.terms}),
-        "matches": [{"rule": m.rule, "terms": list(m.terms), "fields": list(m.fields)} for m in matches],
+        "terms": list(dict.fromkeys(t for m in matches for t in m.terms)),
+        "matches": [
+            {"rule": m.rule, "terms": list(m.terms), "fields": list(m.fields)} for m in matches
+        ],
     }
 
 

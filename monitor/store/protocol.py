@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Protocol
 
 from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item, Retention
@@ -65,7 +66,12 @@ class Store(Protocol):
         """`open()`, then the store itself."""
         ...
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         """`close()`."""
         ...
 
@@ -77,9 +83,9 @@ class Store(Protocol):
         A new feed gets a first poll time spread over [now, now + min(interval, 1 min, 50 ms per
         new feed)) so a start with many feeds does not burst. A feed whose URL changed keeps
         its seen items but loses its cache validators and is seeded again (another URL may be
-        another source, and its backlog must not flood). Feeds no longer configured are kept (their seen items too)
-        but never returned by `claim_due_feeds`. Existing poll times are kept (a restart resumes
-        the schedule).
+        another source, and its backlog must not flood). Feeds no longer configured are kept
+        (their seen items too) but never returned by `claim_due_feeds`. Existing poll times are
+        kept (a restart resumes the schedule).
         """
         ...
 

@@ -13,9 +13,16 @@ NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
 
 async def test_each_alert_is_a_block_followed_by_a_blank_line() -> None:
-    alert = Alert(feed="World", item_key="id:1", title="Sanctions widened", link="", summary="",
-                  published=NOW, seen_at=NOW,
-                  matches=(Match("sanctions", ("sanctions",), ("title",), ("console",)),))
+    alert = Alert(
+        feed="World",
+        item_key="id:1",
+        title="Sanctions widened",
+        link="",
+        summary="",
+        published=NOW,
+        seen_at=NOW,
+        matches=(Match("sanctions", ("sanctions",), ("title",), ("console",)),),
+    )
     out = io.StringIO()
     spec = ChannelSpec(name="console", type="console")
     async with ConsoleNotifier(spec, ZoneInfo("UTC"), out) as notifier:

@@ -17,10 +17,17 @@ NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
 def delivery(n: int, title: str = "Talks\nstall \u2028 «here»") -> Delivery:
     alert = Alert(
-        feed="World", item_key=f"id:{n}", title=title, link="https://example.org/a",
-        summary="s", published=None, seen_at=NOW,
-        matches=(Match("talks", ("talks",), ("title",), ("file",)),
-                 Match("other", ("x",), ("title",), ("desk",))),
+        feed="World",
+        item_key=f"id:{n}",
+        title=title,
+        link="https://example.org/a",
+        summary="s",
+        published=None,
+        seen_at=NOW,
+        matches=(
+            Match("talks", ("talks",), ("title",), ("file",)),
+            Match("other", ("x",), ("title",), ("desk",)),
+        ),
     )
     return Delivery(id=n, channel="file", alert=alert)
 

@@ -1,0 +1,214 @@
+"""Composition root: config in, running daemon out. The only place that picks adapters.
+
+`Daemon` opens the store, fetcher, parse pool and notifiers, then either runs forever under
+an APScheduler AsyncIOScheduler (`run`) or makes one pass and returns (`once`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from monitor import __version__
+from monitor.dispatch import Dispatcher, DispatchStats
+from monitor.errors import ConfigError, ConfigProblem
+from monitor.match.matcher import Matcher
+from monitor.models import ChannelSpec, Config
+from monitor.notify.console import ConsoleNotifier
+from monitor.notify.jsonl import JsonlNotifier
+from monitor.notify.protocol import Notifier
+from monitor.pipeline import Poller, PollOutcome
+from monitor.scheduler import PollScheduler
+from monitor.sources.http import HttpFetcher
+from monitor.sources.workers import ParsePool
+from monitor.store import open_store
+from monitor.store.protocol import Store
+
+log = logging.getLogger("monitor.daemon")
+
+USER_AGENT = f"monitor/{__version__} (news monitoring daemon; polite conditional GET)"
+#: Seconds between scheduling ticks and dispatch checks.
+TICK = 1.0
+#: Seconds polls and sends in flight get to finish at shutdown.
+GRACE = 5.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_notifier(spec: ChannelSpec, tz: ZoneInfo) -> Notifier:
+    """The notifier for a channel type."""
+    if spec.type == "console":
+        return ConsoleNotifier(spec, tz)
+    if spec.type == "jsonl":
+        return JsonlNotifier(spec)
+    raise ConfigError(
+        [ConfigProblem("", 0, f"channels.{spec.name}", f"unknown type {spec.type!r}")]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OnceReport:
+    """What `monitor once` did."""
+
+    polls: list[PollOutcome]
+    dispatch: DispatchStats
+    pending: int
+
+
+class Daemon:
+    """Owns every long-lived resource; use as `async with Daemon(config) as daemon:`."""
+
+    def __init__(self, config: Config, *, store: Store | None = None) -> None:
+        self.config = config
+        self.tz = ZoneInfo(config.timezone)
+        self.store = store or open_store(config.state)
+        self._stack = AsyncExitStack()
+        self._rng = random.Random()
+        self._dispatch_task: asyncio.Task[None] | None = None
+        self._dispatch_again = False
+        self.scheduler: PollScheduler
+        self.dispatcher: Dispatcher
+
+    async def __aenter__(self) -> Daemon:
+        stack = self._stack
+        await stack.__aenter__()
+        try:
+            await stack.enter_async_context(self.store)
+            await self.store.sync_feeds(self.config.feeds, utcnow())
+            policy = self.config.poll
+            fetcher = await stack.enter_async_context(
+                HttpFetcher(policy, user_agent=policy.user_agent or USER_AGENT)
+            )
+            parser = await stack.enter_async_context(ParsePool(workers=min(2, os.cpu_count() or 1)))
+            notifiers = {}
+            for spec in self.config.channels:
+                notifiers[spec.name] = await stack.enter_async_context(
+                    build_notifier(spec, self.tz)
+                )
+        except BaseException:
+            await stack.aclose()
+            raise
+        poller = Poller(
+            store=self.store,
+            fetcher=fetcher,
+            parser=parser,
+            matcher=Matcher(self.config.rules),
+            policy=policy,
+            clock=utcnow,
+            rng=self._rng,
+        )
+        feeds = {f.name: f for f in self.config.feeds}
+        self.scheduler = PollScheduler(poller, feeds, policy.concurrency, utcnow, self._polled)
+        self.dispatcher = Dispatcher(self.store, notifiers, self.config.delivery, utcnow, self._rng)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    # --- one pass ------------------------------------------------------------------------------
+
+    async def once(self) -> OnceReport:
+        """Poll every feed now, send everything that is due, and return."""
+        polls = await self.scheduler.poll_all()
+        stats = await self.dispatcher.run_once()
+        return OnceReport(polls, stats, await self.store.pending_count())
+
+    # --- forever -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll and dispatch on schedule until `stop` is set, then shut down cleanly."""
+        jobs = AsyncIOScheduler(timezone=UTC)
+        jobs.add_job(
+            self.scheduler.tick,
+            "interval",
+            seconds=TICK,
+            id="claim-due-feeds",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow(),
+        )
+        jobs.add_job(
+            self._dispatch_job,
+            "interval",
+            seconds=TICK,
+            id="dispatch",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow(),
+        )
+        jobs.add_job(
+            self._prune,
+            "interval",
+            hours=1,
+            id="prune",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow(),
+        )
+        jobs.start()
+        log.info(
+            "running: %d feeds, %d rules, %d channels, state %s",
+            len(self.config.feeds),
+            len(self.config.rules),
+            len(self.config.channels),
+            self.config.state,
+        )
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            jobs.shutdown(wait=False)
+            await self.scheduler.drain(GRACE)
+            self.dispatcher.stop()
+            if self._dispatch_task is not None:
+                await asyncio.wait([self._dispatch_task], timeout=GRACE)
+            log.info("stopped; %d deliveries pending", await self.store.pending_count())
+
+    def _polled(self, outcome: PollOutcome) -> None:
+        if outcome.alerts:
+            self._kick_dispatch()
+
+    async def _dispatch_job(self) -> None:
+        # A coroutine so APScheduler runs it on the loop, not in a thread.
+        self._kick_dispatch()
+
+    def _kick_dispatch(self) -> None:
+        """Start a dispatch pass now, or right after the one running."""
+        if self._dispatch_task is not None and not self._dispatch_task.done():
+            self._dispatch_again = True
+            return
+        self._dispatch_task = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        self._dispatch_again = True
+        while self._dispatch_again:
+            self._dispatch_again = False
+            try:
+                await self.dispatcher.run_once()
+            except Exception:  # store trouble: log, and try again on the next tick
+                log.exception("dispatch pass failed")
+                return
+
+    async def _prune(self) -> None:
+        try:
+            pruned = await self.store.prune(utcnow(), self.config.retention)
+        except Exception:
+            log.exception("pruning failed")
+            return
+        if pruned.items or pruned.texts or pruned.deliveries:
+            log.info(
+                "pruned %d items, %d item texts, %d deliveries",
+                pruned.items,
+                pruned.texts,
+                pruned.deliveries,
+            )
