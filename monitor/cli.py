@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"invalid config:\n{exc}", file=sys.stderr)
         return INVALID
+    for secret in config.secrets:
+        logs.register_secret(secret)
     command = args.command
     if command == "check":
         print(summary(config))

@@ -364,3 +364,5 @@ class Config:
     poll: PollPolicy = PollPolicy()
     delivery: DeliveryPolicy = DeliveryPolicy()
     retention: Retention = Retention()
+    #: Values substituted from the environment (`${NAME}`): never to be printed.
+    secrets: frozenset[str] = frozenset()

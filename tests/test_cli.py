@@ -171,3 +171,29 @@ rules:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=30)
+
+
+def test_environment_secrets_never_reach_the_logs(tmp_path: Path, feed_server: FeedServer) -> None:
+    feed_server.set("/private.xml", "no", status=500)
+    path = write_config(
+        tmp_path / "monitor.yaml",
+        f"""\
+feeds:
+  - name: private
+    url: '{feed_server.url("/private.xml")}?key=${{FEED_KEY}}'
+rules:
+  - {{name: r, any: [talks]}}
+""",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "once", "-c", str(path), "--log-level", "debug"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "FEED_KEY": "kq93-secret-token-77"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HTTP 500" in result.stderr
+    assert "kq93-secret-token-77" not in result.stderr + result.stdout
+    assert feed_server.requests[-1][0].endswith("key=kq93-secret-token-77")

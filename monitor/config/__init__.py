@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     config = build(data, report, absolute) if data is not None else None
     if report.problems or config is None:
         raise ConfigError(report.problems)
-    return config
+    return dataclasses.replace(config, secrets=report.secret_values)
 
 
 def find_config(explicit: str | None) -> Path:

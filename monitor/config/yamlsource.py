@@ -68,6 +68,11 @@ class Reporter:
     def secret(self, path: KeyPath, name: str, value: str) -> None:
         self._secrets.setdefault(path, []).append((name, value))
 
+    @property
+    def secret_values(self) -> frozenset[str]:
+        """Every value substituted from the environment."""
+        return frozenset(value for pairs in self._secrets.values() for _, value in pairs)
+
 
 def _mask(message: str, name: str, value: str) -> str:
     # Messages may quote a value escaped (repr) or cut short, so the longest prefix that shows

@@ -843,3 +843,16 @@ def test_duration_of_the_wrong_shape(tmp_path: Path) -> None:
     assert only_problem(path) == (
         f"{path}:2: poll.backoff_cap: expected a duration such as 90s or 5m, got a list"
     )
+
+
+def test_substituted_values_are_listed_as_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        feeds:
+          - url: https://example.org/feed.xml?key=${FEED_KEY}
+        """,
+    )
+    config = load_config(path, env={"FEED_KEY": "abc123secret"})
+    assert config.feeds[0].url == "https://example.org/feed.xml?key=abc123secret"
+    assert config.secrets == frozenset({"abc123secret"})
