@@ -163,16 +163,35 @@ class Daemon:
             len(self.config.channels),
             self.config.state,
         )
+        await self._warn_orphans()
         try:
             await stop.wait()
         finally:
             log.info("shutting down")
             jobs.shutdown(wait=False)
-            await self.scheduler.drain(GRACE)
+            # One grace period for everything in flight: polls and the sends of each channel
+            # finish together, or stay pending for the next start.
+            deadline = asyncio.get_running_loop().time() + GRACE
             self.dispatcher.stop()
+            await self.scheduler.drain(GRACE)
             if self._dispatch_task is not None:
-                await asyncio.wait([self._dispatch_task], timeout=GRACE)
+                left = max(deadline - asyncio.get_running_loop().time(), 0.1)
+                await asyncio.wait([self._dispatch_task], timeout=left)
             log.info("stopped; %d deliveries pending", await self.store.pending_count())
+
+    async def _warn_orphans(self) -> None:
+        """Pending deliveries for a channel no longer configured are never sent: say so."""
+        configured = {c.name for c in self.config.channels}
+        pending = await self.store.deliveries(status="pending", limit=10_000)
+        for name in sorted({d.channel for d in pending} - configured):
+            count = await self.store.pending_count(name)
+            log.warning(
+                "%d pending deliveries for channel %r, which the config no longer has; they "
+                "are kept, and sent if the channel is configured again",
+                count,
+                name,
+                extra={"channel": name},
+            )
 
     def _polled(self, outcome: PollOutcome) -> None:
         if outcome.alerts:

@@ -80,6 +80,12 @@ class Dispatcher:
         return stats
 
     async def _drain(self, channel: str, stats: DispatchStats) -> None:
+        try:
+            await self._drain_channel(channel, stats)
+        except Exception:  # the store failed: stop this channel's pass; the next one retries
+            log.exception("dispatch stopped for this pass", extra={"channel": channel})
+
+    async def _drain_channel(self, channel: str, stats: DispatchStats) -> None:
         while not self._stopping and self._ready(channel):
             batch = await self._store.claim_deliveries(channel, self._clock(), BATCH, LEASE)
             if not batch:
@@ -102,13 +108,15 @@ class Dispatcher:
         try:
             await notifier.send(delivery)
         except ChannelError as exc:
+            # The channel, not this alert, is broken: keep the delivery pending so it goes out
+            # once the channel is fixed (config change and restart).
             self.paused[channel] = str(exc)
             log.error(
-                "channel paused: %s",
+                "channel paused until its config changes: %s",
                 exc,
                 extra={"channel": channel, "delivery": delivery.id},
             )
-            await self._fail(delivery, str(exc), stats)
+            await self._store.release_deliveries([delivery.id])
         except DeliveryError as exc:
             if exc.permanent:
                 await self._fail(delivery, str(exc), stats)
@@ -126,16 +134,27 @@ class Dispatcher:
     async def _retry(
         self, delivery: Delivery, error: str, retry_after: float | None, stats: DispatchStats
     ) -> None:
+        now = self._clock()
+        if retry_after is not None:
+            # "Slow down" is not a failure of this alert: wait exactly as asked, count nothing.
+            retry_at = now + timedelta(seconds=retry_after)
+            self._resume_at[delivery.channel] = retry_at
+            await self._store.mark_retry(
+                delivery.id, error, now=now, retry_at=retry_at, attempt=False
+            )
+            stats.retried += 1
+            log.warning(
+                "channel asked to wait %gs: %s",
+                retry_after,
+                error,
+                extra={"channel": delivery.channel, "delivery": delivery.id},
+            )
+            return
         attempts = delivery.attempts + 1
         if attempts >= self._policy.max_attempts:
             await self._fail(delivery, f"gave up after {attempts} attempts: {error}", stats)
             return
-        now = self._clock()
-        if retry_after is not None:
-            retry_at = now + timedelta(seconds=retry_after)
-            self._resume_at[delivery.channel] = retry_at
-        else:
-            retry_at = now + retry_delay(attempts, self._policy, self._rng)
+        retry_at = now + retry_delay(attempts, self._policy, self._rng)
         await self._store.mark_retry(delivery.id, error, now=now, retry_at=retry_at)
         stats.retried += 1
         log.warning(

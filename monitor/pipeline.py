@@ -6,6 +6,7 @@ This is the only code that sequences I/O for a feed. It never raises for a probl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
@@ -49,18 +50,39 @@ class Poller:
     rng: random.Random
 
     async def poll(self, feed: FeedSpec, state: FeedState) -> PollOutcome:
-        """Poll `feed` once and record the outcome; never raises for feed problems."""
+        """Poll `feed` once and record the outcome; never raises (but CancelledError).
+
+        Feed problems (FetchError, ParseError) are recorded on the feed with backoff. Anything
+        else (a store failure, a bug) is logged with its traceback and recorded the same way
+        when the store still answers, so one feed's trouble never stops the others.
+        """
         try:
             return await self._poll(feed, state)
         except (FetchError, ParseError) as exc:
-            return await self._failed(feed, state, str(exc), getattr(exc, "retry_after", None))
+            return await self._recorded_failure(feed, state, str(exc), exc)
+        except Exception as exc:
+            log.exception("poll crashed", extra={"feed": feed.name})
+            return await self._recorded_failure(
+                feed, state, f"internal error: {type(exc).__name__}: {exc}", None
+            )
+
+    async def _recorded_failure(
+        self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None
+    ) -> PollOutcome:
+        try:
+            return await self._failed(feed, state, error, getattr(exc, "retry_after", None))
+        except Exception:  # the store itself is failing: nothing more can be recorded now
+            log.exception("could not record the poll failure", extra={"feed": feed.name})
+            return PollOutcome(feed.name, "error", error=error)
 
     async def _poll(self, feed: FeedSpec, state: FeedState) -> PollOutcome:
         fetched = await self.fetcher.fetch(feed, state.cache)
         if fetched.not_modified:
             now = self.clock()
             next_at = next_poll_after_success(feed, now, self.policy, self.rng)
-            await self.store.record_not_modified(feed.name, now=now, next_poll_at=next_at)
+            await self.store.record_not_modified(
+                feed.name, now=now, next_poll_at=next_at, cache=fetched.cache
+            )
             log.debug("not modified", extra={"feed": feed.name})
             return PollOutcome(feed.name, "not_modified")
 
@@ -76,7 +98,10 @@ class Poller:
         new = [item for item in parsed.items if item.key in unseen]
         candidates = eligible(new, seeded=state.seeded, first_fetch=feed.first_fetch)
         now = self.clock()
-        alerts = alerts_for(candidates, self.matcher.match_all(feed, candidates), now)
+        # Matching is CPU work that grows with items x rules: keep it off the event loop.
+        matches = await asyncio.to_thread(self.matcher.match_all, feed, candidates)
+        alerts = alerts_for(candidates, matches, now)
+        warning = "; ".join(filter(None, [parsed.warning, _skipped(parsed.skipped)]))
         recorded = await self.store.record_items(
             feed.name,
             parsed.items,
@@ -84,10 +109,10 @@ class Poller:
             cache=fetched.cache,
             now=now,
             next_poll_at=next_poll_after_success(feed, now, self.policy, self.rng),
-            warning=parsed.warning or "",
+            warning=warning,
         )
-        if parsed.warning and parsed.warning != state.last_warning:
-            log.warning("feed parsed with a problem: %s", parsed.warning, extra={"feed": feed.name})
+        if warning and warning != state.last_warning:
+            log.warning("feed parsed with a problem: %s", warning, extra={"feed": feed.name})
         log.info(
             "polled: %d items, %d new, %d alerts%s",
             len(parsed.items),
@@ -113,3 +138,7 @@ class Poller:
             extra={"feed": feed.name},
         )
         return PollOutcome(feed.name, "error", error=error)
+
+
+def _skipped(count: int) -> str:
+    return f"{count} items skipped: no id, link, title or summary" if count else ""

@@ -34,7 +34,7 @@ class PollScheduler:
         self._slots = slots
         self._clock = clock
         self._on_done = on_done
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
 
     @property
@@ -52,25 +52,23 @@ class PollScheduler:
         if self._stopping or free <= 0:
             return 0
         claimed = await self._poller.store.claim_due_feeds(self._clock(), free, self.lease())
+        started = 0
         for state in claimed:
             feed = self._feeds.get(state.name)
-            if feed is not None:
+            # A poll queued behind a slow host can outlive its lease; the store then offers
+            # the feed again, but it is still ours and still running: never poll it twice.
+            if feed is not None and feed.name not in self._tasks:
                 self._start(feed, state)
-        return len(claimed)
+                started += 1
+        return started
 
     def _start(self, feed: FeedSpec, state: FeedState) -> None:
         task = asyncio.create_task(self._run(feed, state), name=f"poll:{feed.name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[feed.name] = task
+        task.add_done_callback(lambda _: self._tasks.pop(feed.name, None))
 
     async def _run(self, feed: FeedSpec, state: FeedState) -> None:
-        try:
-            outcome = await self._poller.poll(feed, state)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug or a store failure: log it; the lease lets it retry later
-            log.exception("poll crashed", extra={"feed": feed.name})
-            return
+        outcome = await self._poller.poll(feed, state)
         if self._on_done is not None:
             self._on_done(outcome)
 
@@ -88,13 +86,17 @@ class PollScheduler:
 
     async def drain(self, grace: float) -> None:
         """Stop claiming; let polls in flight finish for up to `grace` seconds, then cancel
-        them (their feeds are simply polled again after restart: nothing was committed)."""
+        them and release their claims. A cancelled poll either committed its items already or
+        committed nothing, and its feed is polled again after restart either way."""
         self._stopping = True
         if not self._tasks:
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        running = dict(self._tasks)
+        _, pending = await asyncio.wait(set(running.values()), timeout=grace)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+            cancelled = [name for name, task in running.items() if task in pending]
+            await self._poller.store.release_feeds(cancelled)
             log.info("cancelled %d polls still running at shutdown", len(pending))

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from tests.builders import rss, write_config
@@ -107,15 +106,13 @@ rules:
             first = proc.stdout.readline()  # blocks until the alert is printed
             assert first.strip() == "Sanctions talks collapse"
             proc.send_signal(signal.SIGTERM)
-            started = time.monotonic()
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)  # "within a few seconds"
             out, err = proc.stdout.read(), proc.stderr.read()
         finally:
             watchdog.cancel()
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0, err
-    assert time.monotonic() - started < 30
     assert "matched: sanctions (sanction*)" in first + out
     assert "shutting down" in err
     assert (tmp_path / "monitor.db").exists()

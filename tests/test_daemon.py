@@ -77,7 +77,7 @@ async def test_first_fetch_seeds_then_a_new_matching_item_alerts_once(
     assert len(alerts(tmp_path)) == 1
 
 
-async def test_not_modified_is_not_parsed_and_counts_as_success(
+async def test_not_modified_answers_the_conditional_get_and_counts_as_success(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
     feed_server.set("/wire.xml", rss(GOOD))

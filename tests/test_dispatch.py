@@ -4,6 +4,7 @@ paused channels, retry_after, poison rows, and channels independent of each othe
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -142,7 +143,9 @@ async def test_poison_delivery_gives_up_after_max_attempts(store: Store) -> None
     assert await store.pending_count() == 0
 
 
-async def test_channel_error_pauses_only_that_channel(store: Store) -> None:
+async def test_channel_error_pauses_only_that_channel_and_loses_nothing(
+    store: Store, tmp_path: Path
+) -> None:
     await seed(store, ["one", "two"], ("desk", "mail"))
     desk = ScriptedChannel("desk", [ChannelError("bot was removed from the chat")])
     mail = ScriptedChannel("mail")
@@ -151,9 +154,29 @@ async def test_channel_error_pauses_only_that_channel(store: Store) -> None:
     assert d.paused == {"desk": "bot was removed from the chat"}
     assert mail.sent == ["one", "two"]
     assert desk.sent == []
-    assert await store.pending_count("desk") == 1  # kept for when the channel is fixed
+    assert await store.pending_count("desk") == 2  # both kept for when the channel is fixed
     await d.run_once()
     assert desk.attempts == 1
+    # The channel fixed (a restart with a corrected config): everything goes out.
+    fixed = ScriptedChannel("desk")
+    await dispatcher(store, Clock(), fixed).run_once()
+    assert fixed.sent == ["one", "two"]
+
+
+async def test_a_store_failure_on_one_channel_does_not_stop_the_others(
+    store: Store, tmp_path: Path
+) -> None:
+    await seed(store, ["one", "two"], ("broken", "mail"))
+    with sqlite3.connect(tmp_path / "state.db") as raw:
+        raw.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF status ON deliveries"
+            " WHEN NEW.channel = 'broken' BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+    broken, mail = ScriptedChannel("broken"), ScriptedChannel("mail")
+    stats = await dispatcher(store, Clock(), broken, mail).run_once()
+    assert mail.sent == ["one", "two"]
+    assert broken.sent == ["one"]  # sent, but could not be marked: the pass stopped there
+    assert stats.sent == 2
 
 
 async def test_retry_after_pauses_the_channel_for_exactly_that_long(store: Store) -> None:
@@ -163,6 +186,8 @@ async def test_retry_after_pauses_the_channel_for_exactly_that_long(store: Store
     d = dispatcher(store, clock, desk)
     await d.run_once()
     assert desk.attempts == 1  # "two" was not tried while the channel is told to wait
+    pending = {d.alert.title: d.attempts for d in await store.deliveries("desk", "pending")}
+    assert pending == {"one": 0, "two": 0}  # being told to wait is not a failed attempt
     clock.now += timedelta(seconds=29)
     await d.run_once()
     assert desk.sent == []

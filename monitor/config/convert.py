@@ -106,6 +106,8 @@ def _feeds(top: schema.Top, report: Reporter, known: _Known) -> list[FeedSpec]:
     limits = _limits(FetchLimits(), d.timeout, d.max_size, d.max_redirects)
     out: list[FeedSpec] = []
     first_line: dict[str, int] = {}
+    # URL as written (stripped) -> (name, line) of the first feed with it.
+    first_url: dict[str, tuple[str, int]] = {}
     for i, raw in enumerate(top.feeds):
         feed = validate(schema.Feed, raw, ("feeds", i), report)
         if feed is None:
@@ -121,6 +123,18 @@ def _feeds(top: schema.Top, report: Reporter, known: _Known) -> list[FeedSpec]:
             report.add(where, f"duplicate {what} (first at line {first_line[name]})")
             continue
         first_line[name] = report.line(where)
+        url_at: KeyPath = ("feeds", i, "url")
+        url = feed.url.strip()
+        if url in first_url:
+            # Still converted, so rules naming it are checked as usual; the config is refused.
+            other, line = first_url[url]
+            report.add(
+                url_at,
+                f"same URL as feed '{other}' (line {line}): each feed is polled once; "
+                "give it more tags instead",
+            )
+        else:
+            first_url[url] = (name, report.line(url_at))
         backfill = (feed.first_fetch or d.first_fetch).backfill
         spec_limits = _limits(limits, feed.timeout, feed.max_size, feed.max_redirects)
         out.append(

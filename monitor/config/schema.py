@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.config.units import Duration, Interval, Size
+from monitor.config.units import Duration, Interval, Size, at_least
 from monitor.config.yamlsource import kind
 from monitor.models import FIELDS, DeliveryPolicy, FetchLimits, PollPolicy, Retention
 
@@ -146,10 +146,16 @@ class Delivery(Strict):
     max_attempts: int = Field(default=_DELIVERY.max_attempts, ge=1)
 
 
+# The store refreshes an item's last-seen time at most daily and forgets it only when it is
+# also missing from its feed's latest document; a shorter `seen` cannot be honoured.
+_SEEN_WHY = "items are remembered for at least as long as their feed may go quiet"
+_HOUR = timedelta(hours=1)
+
+
 class Retain(Strict):
-    seen: Duration = _RETENTION.seen
-    text: Duration = _RETENTION.text
-    deliveries: Duration = _RETENTION.deliveries
+    seen: Annotated[Duration, at_least(timedelta(days=2), _SEEN_WHY)] = _RETENTION.seen
+    text: Annotated[Duration, at_least(_HOUR)] = _RETENTION.text
+    deliveries: Annotated[Duration, at_least(_HOUR)] = _RETENTION.deliveries
 
 
 class Top(Strict):

@@ -119,6 +119,18 @@ def _at_least_10s(value: timedelta) -> timedelta:
     return value
 
 
+def at_least(minimum: timedelta, why: str = "") -> AfterValidator:
+    """A validator refusing durations shorter than `minimum`, saying `why` if given."""
+    message = f"must be at least {format_duration(minimum)}" + (f": {why}" if why else "")
+
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
 #: Config field types: a duration, a poll interval (10s or more), a size in bytes.
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Interval = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_at_least_10s)]

@@ -65,12 +65,21 @@ class JsonlNotifier:
     def _append(self, data: bytes) -> None:
         try:
             fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise DeliveryError(f"cannot open {self._path}: {exc.strerror}") from exc
+        try:
+            size = os.fstat(fd).st_size
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
-            finally:
-                os.close(fd)
+            except OSError:
+                # Disk full mid-line: cut the half-written record off, so the retry appends a
+                # whole line after whole lines and readers never see a broken record.
+                os.ftruncate(fd, size)
+                raise
         except OSError as exc:
             raise DeliveryError(f"cannot append to {self._path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)

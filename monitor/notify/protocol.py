@@ -17,9 +17,9 @@ class Notifier(Protocol):
 
     `send` returns when the channel has accepted the message. It raises `DeliveryError`:
     `permanent=False` (timeouts, 5xx, rate limits with `retry_after`) is retried with backoff;
-    `permanent=True` marks this delivery failed; `ChannelError` marks it failed and stops the
-    channel until its config changes. Any other exception is a bug, and is treated as a
-    retryable failure so nothing is lost.
+    `permanent=True` marks this delivery failed; `ChannelError` pauses the whole channel until
+    its config changes and leaves this delivery pending (nothing is lost). Any other exception
+    is a bug, and is treated as a retryable failure so nothing is lost.
     """
 
     spec: ChannelSpec

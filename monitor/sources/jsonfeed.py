@@ -53,15 +53,16 @@ def parse_json_feed(
         raw_items = []
     entries = raw_items[: max(max_items, 0)]
     drafts = [_draft(entry, url) for entry in entries if isinstance(entry, dict)]
-    # The id is required: unlike RSS, an entry without one is skipped, not keyed by link or hash.
-    identified = [draft for draft in drafts if draft.guid]
-    items, _ = assemble(identified, feed=feed, now=now)
+    # The spec requires an id, but a missing one must not lose the story: an entry without
+    # one is keyed like an RSS item without a guid (its link, else a hash of its text).
+    items, skipped = assemble(drafts, feed=feed, now=now)
+    skipped += len(entries) - len(drafts)
     return ParsedFeed(
         version=version,
         title=clean_text(document.get("title"), TITLE_LIMIT),
         items=items,
         warning=warning,
-        skipped=len(entries) - len(identified),
+        skipped=skipped,
     )
 
 

@@ -43,6 +43,8 @@ class _Feed:
     state: FeedState
     active: bool = True
     lease_until: datetime | None = None
+    #: The last `record_items` (a document parsed); None until the first one.
+    last_fetched_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -205,6 +207,7 @@ class MemoryStore:
             items_seen=row.state.items_seen + len(new_items),
             last_warning=warning,
         )
+        row.last_fetched_at = now
         row.lease_until = None
         return Recorded(tuple(new_items), n_alerts, n_deliveries)
 
@@ -242,12 +245,18 @@ class MemoryStore:
         return n_alerts, n_deliveries
 
     async def record_not_modified(
-        self, feed: str, *, now: datetime, next_poll_at: datetime
+        self,
+        feed: str,
+        *,
+        now: datetime,
+        next_poll_at: datetime,
+        cache: CacheInfo | None = None,
     ) -> None:
         row = self._feed(feed)
         now = utc(now)
         row.state = replace(
             row.state,
+            cache=row.state.cache if cache is None else CacheInfo(cache.etag, cache.last_modified),
             next_poll_at=utc(next_poll_at),
             last_polled_at=now,
             last_success_at=now,
@@ -268,6 +277,13 @@ class MemoryStore:
             consecutive_failures=row.state.consecutive_failures + 1,
         )
         row.lease_until = None
+
+    async def release_feeds(self, names: Sequence[str]) -> None:
+        self._check()
+        for name in names:
+            row = self._feeds.get(name)
+            if row is not None:
+                row.lease_until = None
 
     # --- items -----------------------------------------------------------------------------
 
@@ -333,13 +349,20 @@ class MemoryStore:
         row.lease_until = None
 
     async def mark_retry(
-        self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime
+        self,
+        delivery_id: int,
+        error: str,
+        *,
+        now: datetime,
+        retry_at: datetime,
+        attempt: bool = True,
     ) -> None:
         row = self._delivery(delivery_id)
         # A late report on a row already finished (its lease expired and another attempt
         # settled it) must not reopen it: that would send a second copy.
         if row.status is DeliveryStatus.PENDING:
-            row.attempts += 1
+            if attempt:
+                row.attempts += 1
             row.last_error = error
             row.next_attempt_at = utc(retry_at)
             row.lease_until = None
@@ -374,11 +397,22 @@ class MemoryStore:
 
     # --- housekeeping ----------------------------------------------------------------------
 
+    def _left_feed(self, feed: str, last_seen_at: datetime) -> bool:
+        """Whether an item last seen at `last_seen_at` was missing from `feed`'s latest parsed
+        document (always true for a feed never fetched)."""
+        row = self._feeds.get(feed)
+        fetched = None if row is None else row.last_fetched_at
+        return fetched is None or last_seen_at < fetched - LAST_SEEN_REFRESH
+
     async def prune(self, now: datetime, retention: Retention) -> Pruned:
         self._check()
         now = utc(now)
         seen_cutoff = cutoff(now, retention.seen)
-        forget = [k for k, row in self._items.items() if row.last_seen_at < seen_cutoff]
+        forget = [
+            key
+            for key, row in self._items.items()
+            if row.last_seen_at < seen_cutoff and self._left_feed(key[0], row.last_seen_at)
+        ]
         for key in forget:
             del self._items[key]
         texts = 0

@@ -93,7 +93,8 @@ class Store(Protocol):
         """Claim up to `limit` configured feeds whose next poll time is <= `now`, oldest first.
 
         A claimed feed is not returned again until it is finished (`record_items`,
-        `record_not_modified`, `record_failure`) or `now + lease` has passed. This is what keeps
+        `record_not_modified`, `record_failure`), released (`release_feeds`) or `now + lease`
+        has passed. This is what keeps
         a feed from being polled twice at once. (A lease holds while `now < lease_until`; at
         `lease_until` exactly the feed can be claimed again. Same for deliveries.)
         """
@@ -129,6 +130,7 @@ class Store(Protocol):
         call, with one pending delivery per channel in `alert.channels`. Alerts for items that
         were already stored are dropped: an item alerts at most once, ever. Also saves the
         validators, resets the failure count, marks the feed seeded and releases its claim.
+        Remembers `now` as the feed's last fetch, which retention counts from (see `prune`).
 
         Items are stored under `feed` with `seen_at = now` (an input `seen_at` is ignored); the
         returned `new_items` carry that time and keep their `content`, which is not stored.
@@ -138,15 +140,32 @@ class Store(Protocol):
         ...
 
     async def record_not_modified(
-        self, feed: str, *, now: datetime, next_poll_at: datetime
+        self,
+        feed: str,
+        *,
+        now: datetime,
+        next_poll_at: datetime,
+        cache: CacheInfo | None = None,
     ) -> None:
-        """Finish a poll that got 304: success, nothing else changes; releases the claim."""
+        """Finish a poll that got 304: success, releases the claim, nothing else changes.
+
+        A 304 may carry new validators (a new ETag): given `cache`, they replace the stored
+        ones, both fields as given (like `record_items`); without it the stored ones stay.
+        Not a fetch: items keep their last-seen times and retention does not advance.
+        """
         ...
 
     async def record_failure(
         self, feed: str, error: str, *, now: datetime, next_poll_at: datetime
     ) -> None:
         """Finish a failed poll: keep `error`, count it, set the next poll, release the claim."""
+        ...
+
+    async def release_feeds(self, names: Sequence[str]) -> None:
+        """Drop the claim on feeds claimed but not finished (polls cancelled at shutdown), so
+        they are due again at once; nothing else changes (no failure is counted, the next poll
+        time stays). Unknown names and unclaimed feeds are ignored.
+        """
         ...
 
     # --- items ---------------------------------------------------------------------------------
@@ -178,9 +197,18 @@ class Store(Protocol):
         ...
 
     async def mark_retry(
-        self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime
+        self,
+        delivery_id: int,
+        error: str,
+        *,
+        now: datetime,
+        retry_at: datetime,
+        attempt: bool = True,
     ) -> None:
         """Record a failed attempt to retry at `retry_at`; counts the attempt, keeps `error`.
+
+        With `attempt=False` the attempt is not counted (a channel answering "retry after N
+        seconds" did not fail); `error`, `retry_at` and the released claim are as above.
 
         `mark_retry` and `mark_failed` change only a pending delivery: a late report about one
         already sent or failed (its lease ran out and another attempt settled it) is ignored.
@@ -209,8 +237,15 @@ class Store(Protocol):
         `retention.text`, and sent/failed deliveries (with alerts no longer referenced) older
         than `retention.deliveries`. Pending deliveries are never pruned.
 
+        An item is forgotten only when BOTH its last-seen time is older than `now -
+        retention.seen` AND it was missing from its feed's latest fetch (`record_items`), i.e.
+        its last-seen time is older than that fetch minus LAST_SEEN_REFRESH (last-seen times
+        are refreshed at most that often). So an item still listed is never forgotten, however
+        long its feed answers 304 or fails. Items of a feed never fetched follow the first
+        rule only.
+
         A forgotten item that a feed lists again is new again (and may alert again), so
-        `retention.seen` must outlast how long feeds keep listing an item; it is also what
-        bounds the store's size.
+        `retention.seen` must outlast how long a feed may drop an item and list it again; it
+        is also what bounds the store's size.
         """
         ...

@@ -184,14 +184,23 @@ class SQLiteStore:
         )
 
     async def record_not_modified(
-        self, feed: str, *, now: datetime, next_poll_at: datetime
+        self,
+        feed: str,
+        *,
+        now: datetime,
+        next_poll_at: datetime,
+        cache: CacheInfo | None = None,
     ) -> None:
-        await self._run(lambda c: feeds_sql.record_not_modified(c, feed, now, next_poll_at))
+        await self._run(lambda c: feeds_sql.record_not_modified(c, feed, now, next_poll_at, cache))
 
     async def record_failure(
         self, feed: str, error: str, *, now: datetime, next_poll_at: datetime
     ) -> None:
         await self._run(lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at))
+
+    async def release_feeds(self, names: Sequence[str]) -> None:
+        wanted = tuple(names)
+        await self._run(lambda c: feeds_sql.release_feeds(c, wanted))
 
     # --- items -----------------------------------------------------------------------------
 
@@ -214,9 +223,15 @@ class SQLiteStore:
         await self._run(lambda c: outbox_sql.mark_sent(c, delivery_id, now))
 
     async def mark_retry(
-        self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime
+        self,
+        delivery_id: int,
+        error: str,
+        *,
+        now: datetime,
+        retry_at: datetime,
+        attempt: bool = True,
     ) -> None:
-        await self._run(lambda c: outbox_sql.mark_retry(c, delivery_id, error, retry_at))
+        await self._run(lambda c: outbox_sql.mark_retry(c, delivery_id, error, retry_at, attempt))
 
     async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
         await self._run(lambda c: outbox_sql.mark_failed(c, delivery_id, error))

@@ -147,13 +147,28 @@ def feed_states(conn: sqlite3.Connection) -> list[FeedState]:
 
 
 def record_not_modified(
-    conn: sqlite3.Connection, feed: str, now: datetime, next_poll_at: datetime
+    conn: sqlite3.Connection,
+    feed: str,
+    now: datetime,
+    next_poll_at: datetime,
+    cache: CacheInfo | None,
 ) -> None:
     now_text = dt_to_text(now)
+    # Without new validators the stored ones stay: CASE keeps it one statement.
     cursor = conn.execute(
-        "UPDATE feeds SET next_poll_at = ?, last_polled_at = ?, last_success_at = ?,"
-        " last_error = '', consecutive_failures = 0, lease_until = NULL WHERE name = ?",
-        (dt_to_text(next_poll_at), now_text, now_text, feed),
+        "UPDATE feeds SET next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
+        " last_error = '', consecutive_failures = 0, lease_until = NULL,"
+        " etag = CASE WHEN :replace THEN :etag ELSE etag END,"
+        " last_modified = CASE WHEN :replace THEN :last_modified ELSE last_modified END"
+        " WHERE name = :feed",
+        {
+            "next": dt_to_text(next_poll_at),
+            "now": now_text,
+            "replace": cache is not None,
+            "etag": None if cache is None else cache.etag,
+            "last_modified": None if cache is None else cache.last_modified,
+            "feed": feed,
+        },
     )
     if cursor.rowcount == 0:
         _require_feed(conn, feed)
@@ -169,6 +184,13 @@ def record_failure(
     )
     if cursor.rowcount == 0:
         _require_feed(conn, feed)
+
+
+def release_feeds(conn: sqlite3.Connection, names: Sequence[str]) -> None:
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE feeds SET lease_until = NULL WHERE name = ?", [(name,) for name in names]
+        )
 
 
 # --- items -------------------------------------------------------------------------------------
@@ -215,8 +237,8 @@ def record_items(
             "UPDATE feeds SET etag = :etag, last_modified = :last_modified,"
             " next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
             " last_error = '', consecutive_failures = 0, seeded = 1,"
-            " items_seen = items_seen + :new, last_warning = :warning, lease_until = NULL"
-            " WHERE name = :feed",
+            " items_seen = items_seen + :new, last_warning = :warning, lease_until = NULL,"
+            " last_fetched_at = :now WHERE name = :feed",
             {
                 "etag": cache.etag,
                 "last_modified": cache.last_modified,

@@ -13,7 +13,7 @@ from typing import Any
 from monitor.errors import StoreError
 from monitor.models import Alert, Delivery, DeliveryStatus, Retention
 from monitor.store.codec import dt_to_text, json_to_matches, opt_text_to_dt, text_to_dt
-from monitor.store.common import cutoff
+from monitor.store.common import LAST_SEEN_REFRESH, cutoff
 from monitor.store.protocol import Pruned
 from monitor.store.sqlite_schema import transaction
 
@@ -88,12 +88,14 @@ def mark_sent(conn: sqlite3.Connection, delivery_id: int, now: datetime) -> None
         _require_delivery(conn, delivery_id)
 
 
-def mark_retry(conn: sqlite3.Connection, delivery_id: int, error: str, retry_at: datetime) -> None:
+def mark_retry(
+    conn: sqlite3.Connection, delivery_id: int, error: str, retry_at: datetime, attempt: bool
+) -> None:
     # Only a pending row: a late report on a row already settled must not reopen it.
     cursor = conn.execute(
-        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
+        "UPDATE deliveries SET attempts = attempts + ?, last_error = ?, next_attempt_at = ?,"
         " lease_until = NULL WHERE id = ? AND status = 'pending'",
-        (error, dt_to_text(retry_at), delivery_id),
+        (1 if attempt else 0, error, dt_to_text(retry_at), delivery_id),
     )
     if cursor.rowcount == 0:
         _require_delivery(conn, delivery_id)
@@ -137,11 +139,28 @@ def deliveries(
     return [_delivery(row) for row in rows]
 
 
+def _before_last_fetch(column: str) -> str:
+    """SQL for the stored time text in `column` minus LAST_SEEN_REFRESH, as stored time text.
+
+    Whole seconds are taken off the "YYYY-MM-DDTHH:MM:SS" part with datetime(), and the
+    ".ffffffZ" rest kept as it is: exact to the microsecond, unlike julianday(). NULL (a feed
+    never fetched) stays NULL, so a comparison with it is never true.
+    """
+    seconds = LAST_SEEN_REFRESH // timedelta(seconds=1)
+    assert timedelta(seconds=seconds) == LAST_SEEN_REFRESH  # whole seconds only
+    return (
+        f"replace(datetime(substr({column}, 1, 19), '-{seconds} seconds'), ' ', 'T')"
+        f" || substr({column}, 20)"
+    )
+
+
 def prune(conn: sqlite3.Connection, now: datetime, retention: Retention) -> Pruned:
     old_deliveries = dt_to_text(cutoff(now, retention.deliveries))
     with transaction(conn):
         items = conn.execute(
-            "DELETE FROM items WHERE last_seen_at < ?",
+            "DELETE FROM items WHERE last_seen_at < ? AND NOT EXISTS ("
+            " SELECT 1 FROM feeds AS f WHERE f.name = items.feed"
+            f" AND items.last_seen_at >= {_before_last_fetch('f.last_fetched_at')})",
             (dt_to_text(cutoff(now, retention.seen)),),
         ).rowcount
         texts = conn.execute(

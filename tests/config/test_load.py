@@ -457,6 +457,63 @@ def test_duplicate_feed_names_point_at_the_second(tmp_path: Path) -> None:
     ]
 
 
+def test_two_feeds_with_one_url_point_at_the_second(tmp_path: Path) -> None:
+    # Every match would alert twice, and the publisher is polled twice as often.
+    path = write(
+        tmp_path,
+        """\
+        feeds:
+          - url: https://a.example/rss.xml
+            name: World
+            tags: [world]
+          - name: Europe
+            url: https://a.example/rss.xml
+            tags: [europe]
+          - url: "https://a.example/rss.xml"
+          - url: https://a.example/rss.xml?page=1
+          - url: https://a.example/rss.xml/
+          - url: HTTPS://A.example/rss.xml
+        rules:
+          - name: r
+            any: x
+            feeds: {names: [Europe], tags: [europe]}
+        """,
+    )
+    message = (
+        "same URL as feed 'World' (line 2): each feed is polled once; give it more tags instead"
+    )
+    # Compared as written: other spellings of the URL are other feeds as far as config goes,
+    # and the rule naming the second feed is not reported as well.
+    assert problems(path) == [
+        f"{path}:6: feeds[1].url: {message}",
+        f"{path}:8: feeds[2].url: {message}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("retention", "message"),
+    [
+        (
+            "{seen: 47h}",
+            "retention.seen: must be at least 2d: items are remembered for at least as long as "
+            "their feed may go quiet",
+        ),
+        ("{text: 59m}", "retention.text: must be at least 1h"),
+        ("{deliveries: 30s}", "retention.deliveries: must be at least 1h"),
+    ],
+)
+def test_retention_minimums(tmp_path: Path, retention: str, message: str) -> None:
+    path = write(tmp_path, f"retention: {retention}\n")
+    assert only_problem(path) == f"{path}:1: {message}"
+
+
+def test_retention_at_the_minimums_is_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, "retention: {seen: 2d, text: 1h, deliveries: 60m}\n")
+    assert load_config(path, env={}).retention == Retention(
+        timedelta(days=2), timedelta(hours=1), timedelta(hours=1)
+    )
+
+
 def test_bad_interval_duration_and_size(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -137,14 +137,18 @@ def test_wrong_typed_fields_are_dropped_or_coerced() -> None:
             ],
         }
     )
-    assert [item.key for item in parsed.items] == ["id:2", "id:3.1415", "id:42"]
+    keys = [item.key for item in parsed.items]
+    assert keys[:3] == ["id:2", "id:3.1415", "id:42"]
+    # Entries without a usable id are kept under a text hash rather than lost.
+    assert [k.split(":")[0] for k in keys[3:]] == ["hash", "hash"]
+    assert [i.title for i in parsed.items[3:]] == ["a boolean is no id", "no id at all"]
     wrong = parsed.items[0]
     assert (wrong.title, wrong.content, wrong.summary, wrong.link) == ("", "", "", "")
     assert wrong.published is None
     assert wrong.tags == ()
     assert parsed.items[1].author == ""
     assert parsed.items[2].author == "Jane"
-    assert parsed.skipped == 3
+    assert parsed.skipped == 1  # "not a dict"
 
 
 def test_duplicate_ids_keep_the_first_and_max_items_reads_from_the_top() -> None:
@@ -202,3 +206,11 @@ def test_parse_rfc3339(value: object, expected: datetime | None) -> None:
     assert parsed == expected
     if parsed is not None:
         assert parsed.utcoffset() == timedelta(0)
+
+
+def test_an_item_without_id_is_keyed_by_its_link() -> None:
+    parsed = parse(
+        {"version": V11, "items": [{"url": "https://example.org/story", "title": "Talks"}]}
+    )
+    assert [item.key for item in parsed.items] == ["link:https://example.org/story"]
+    assert parsed.skipped == 0

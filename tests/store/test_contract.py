@@ -1,13 +1,16 @@
 """The Store contract, run against every backend through the parametrized `store` fixture.
 
 A new backend joins by adding a param to `BACKENDS` and a branch to `make_store`; PostgreSQL is
-listed already and skips unless MONITOR_TEST_POSTGRES holds a DSN (and the store exists).
+listed already and skips unless MONITOR_TEST_POSTGRES holds a DSN (and the store exists): that
+skip is decided in ONE place, `pytest_runtest_setup` in tests/store/conftest.py, so pytest's
+`-ra` summary shows one line for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -38,10 +41,9 @@ def make_store(backend: str, tmp_path: Path) -> Store:
         return MemoryStore()
     if backend == "sqlite":
         return SQLiteStore(tmp_path / "state.db")
-    dsn = os.environ.get("MONITOR_TEST_POSTGRES")
-    if not dsn:
-        pytest.skip("set MONITOR_TEST_POSTGRES to run PostgreSQL store tests")
-    postgres = pytest.importorskip("monitor.store.postgres", reason="no PostgreSQL store yet")
+    # Only reached when it can run: tests/store/conftest.py skips the param otherwise.
+    dsn = os.environ["MONITOR_TEST_POSTGRES"]
+    postgres = importlib.import_module("monitor.store.postgres")
     # The PostgreSQL store must give each test an empty schema (e.g. one schema per test).
     store: Store = postgres.PostgresStore(dsn)
     return store
@@ -420,6 +422,44 @@ async def test_failures_count_up_and_a_304_resets_them(store: Store) -> None:
     )
 
 
+async def test_a_304_with_validators_stores_them(store: Store) -> None:
+    await record(store, "a", [], cache=CacheInfo('"v1"', "Wed, 01 May 2024 12:00:00 GMT"))
+    await store.record_not_modified(
+        "a", now=T0 + HOUR, next_poll_at=T0 + 2 * HOUR, cache=CacheInfo('"v2"', None)
+    )
+    state = await store.feed_state("a")
+    assert state is not None
+    # Both fields as given, like record_items: the caller merges what it wants to keep.
+    assert state.cache == CacheInfo('"v2"', None)
+    assert (state.last_success_at, state.next_poll_at) == (T0 + HOUR, T0 + 2 * HOUR)
+    # Without validators the stored ones stay.
+    await store.record_not_modified("a", now=T0 + 2 * HOUR, next_poll_at=T0 + 3 * HOUR)
+    after = await store.feed_state("a")
+    assert after == dataclasses.replace(
+        state,
+        last_polled_at=T0 + 2 * HOUR,
+        last_success_at=T0 + 2 * HOUR,
+        next_poll_at=T0 + 3 * HOUR,
+    )
+
+
+async def test_released_feeds_can_be_claimed_at_once_and_nothing_else_changes(
+    store: Store,
+) -> None:
+    await store.sync_feeds([spec("a"), spec("b"), spec("c")], T0)
+    now = T0 + MINUTE
+    assert len(await store.claim_due_feeds(now, 10, DAY)) == 3
+    before = await store.feed_states()
+    await store.release_feeds(["a", "c", "nope"])
+    await store.release_feeds([])
+    assert await store.feed_states() == before
+    assert sorted(s.name for s in await store.claim_due_feeds(now, 10, DAY)) == ["a", "c"]
+    # Releasing a feed nobody claimed, or one claimed again, changes nothing else either.
+    await store.release_feeds(["a", "b"])
+    assert sorted(s.name for s in await store.claim_due_feeds(now, 10, DAY)) == ["a", "b"]
+    assert await store.feed_states() == before
+
+
 # --- deliveries --------------------------------------------------------------------------------
 
 
@@ -483,11 +523,11 @@ async def test_delivery_carries_the_whole_alert(store: Store) -> None:
 
 
 async def test_released_deliveries_can_be_claimed_at_once(store: Store) -> None:
-    # Not in the Store protocol yet; the dispatcher calls it when it stops mid-batch.
+    # The dispatcher calls it when it stops mid-batch.
     await _three_alerts(store)
     claimed = await store.claim_deliveries("tg", T0 + HOUR, 10, DAY)
     await store.mark_sent(claimed[0].id, T0 + HOUR)
-    await store.release_deliveries([d.id for d in claimed] + [12345])  # type: ignore[attr-defined]
+    await store.release_deliveries([d.id for d in claimed] + [12345])
     again = await store.claim_deliveries("tg", T0 + HOUR, 10, DAY)
     assert [d.id for d in again] == [d.id for d in claimed[1:]]
     [sent] = await store.deliveries("tg", "sent")
@@ -519,6 +559,27 @@ async def test_mark_retry_counts_and_delays(store: Store) -> None:
     await store.mark_retry(delivery.id, "HTTP 503", now=retry_at, retry_at=retry_at)
     [third] = await store.claim_deliveries("mail", retry_at, 10, MINUTE)
     assert (third.attempts, third.last_error, third.status) == (2, "HTTP 503", "pending")
+
+
+async def test_mark_retry_without_an_attempt_delays_but_does_not_count(store: Store) -> None:
+    # A channel answering "retry after N seconds" did not fail: max_attempts must not run out.
+    await _three_alerts(store)
+    [delivery] = await store.claim_deliveries("mail", T0 + HOUR, 10, DAY)
+    retry_at = T0 + HOUR + 30 * MINUTE
+    await store.mark_retry(
+        delivery.id, "rate limited", now=T0 + HOUR, retry_at=retry_at, attempt=False
+    )
+    assert await store.claim_deliveries("mail", retry_at - timedelta(microseconds=1), 10, DAY) == []
+    [again] = await store.claim_deliveries("mail", retry_at, 10, DAY)
+    assert (again.id, again.attempts, again.last_error) == (delivery.id, 0, "rate limited")
+    await store.mark_retry(delivery.id, "HTTP 502", now=retry_at, retry_at=retry_at)
+    [third] = await store.claim_deliveries("mail", retry_at, 10, DAY)
+    assert (third.attempts, third.last_error) == (1, "HTTP 502")
+    # A late uncounted report does not reopen a settled delivery either.
+    await store.mark_sent(delivery.id, retry_at)
+    await store.mark_retry(delivery.id, "late", now=retry_at, retry_at=retry_at, attempt=False)
+    [sent] = await store.deliveries("mail")
+    assert (sent.status, sent.attempts, sent.last_error) == (DeliveryStatus.SENT, 1, "HTTP 502")
 
 
 async def test_mark_failed_is_final(store: Store) -> None:
@@ -608,6 +669,64 @@ async def test_prune_forgets_items_not_seen_for_the_seen_retention(store: Store)
     again = await record(store, "a", [item("gone")], [alert("gone")], now=T0 + 12 * DAY)
     assert ([i.key for i in again.new_items], again.alerts) == (["gone"], 1)
     assert await store.pending_count() == 2
+
+
+HALF_YEAR = Retention(seen=180 * DAY)
+
+
+async def test_prune_keeps_what_a_quiet_feed_still_lists(store: Store) -> None:
+    # "a" answers 304 and "b" fails for 400 days: their documents never changed, so every
+    # item they listed is still listed; forgetting one would make it alert again.
+    await record(store, "a", [item("k1"), item("k2")], [alert("k1")])
+    await record(store, "b", [item("k1", feed="b")])
+    for day in range(1, 401):
+        now = T0 + day * DAY
+        await store.record_not_modified("a", now=now, next_poll_at=now + DAY)
+        await store.record_failure("b", "HTTP 503", now=now, next_poll_at=now + DAY)
+    pruned = await store.prune(T0 + 400 * DAY, HALF_YEAR)
+    assert pruned.items == 0
+    assert await store.unseen("a", ["k1", "k2"]) == set()
+    assert await store.unseen("b", ["k1"]) == set()
+    # When "a" finally changes, only the really new item is new.
+    changed = await record(
+        store,
+        "a",
+        [item("k3"), item("k1"), item("k2")],
+        [alert("k3"), alert("k1")],
+        now=T0 + 401 * DAY,
+    )
+    assert ([i.key for i in changed.new_items], changed.alerts) == (["k3"], 1)
+
+
+async def test_prune_forgets_an_item_that_left_a_feed_that_kept_changing(store: Store) -> None:
+    await record(store, "a", [item("gone"), item("kept")], [alert("gone")])
+    for day in range(10, 201, 10):
+        await record(store, "a", [item("kept"), item(f"n{day}")], now=T0 + day * DAY)
+    # gone was last listed 200 days ago and n10 190 days ago; kept is in the latest fetch, and
+    # n20 left it exactly half a year ago (the cutoff itself is kept).
+    pruned = await store.prune(T0 + 200 * DAY, HALF_YEAR)
+    assert pruned.items == 2
+    keys = ["gone", "kept", "n10", "n20", "n30", "n200"]
+    assert await store.unseen("a", keys) == {"gone", "n10"}
+
+
+async def test_prune_keeps_items_seen_within_a_refresh_of_the_last_fetch(store: Store) -> None:
+    # Last-seen times are written at most once a day, so an item still listed may carry a
+    # last-seen time up to a day older than the fetch that listed it: it must be kept.
+    await record(store, "a", [item("left"), item("listed")])
+    await record(store, "a", [item("listed")], now=T0 + DAY)  # not rewritten: exactly a day old
+    assert (await store.prune(T0 + 400 * DAY, HALF_YEAR)).items == 0
+    # Telling "left" apart takes a fetch more than a day later (which refreshes "listed").
+    later = T0 + DAY + timedelta(microseconds=1)
+    await record(store, "a", [item("listed")], now=later)
+    assert (await store.prune(T0 + 400 * DAY, HALF_YEAR)).items == 1
+    assert await store.unseen("a", ["left", "listed"]) == {"left"}
+    # Still both rules: a fresh item gone from the feed is kept for `seen`.
+    await record(store, "a", [item("brief")], now=T0 + 400 * DAY)
+    await record(store, "a", [item("listed")], now=T0 + 402 * DAY)
+    assert (await store.prune(T0 + 402 * DAY, HALF_YEAR)).items == 0
+    assert (await store.prune(T0 + 580 * DAY + MINUTE, HALF_YEAR)).items == 1
+    assert await store.unseen("a", ["brief", "listed"]) == {"brief"}
 
 
 async def test_prune_drops_old_text_but_keeps_identity_and_alert_text(store: Store) -> None:

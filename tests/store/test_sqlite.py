@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.errors import StoreError
+from monitor.models import CacheInfo, Retention
 from monitor.store import MemoryStore, SQLiteStore, Store
 from monitor.store.codec import dt_to_text, text_to_dt
 from monitor.store.sqlite_schema import (
@@ -182,6 +183,51 @@ async def test_a_failing_migration_changes_nothing(
         assert await store.pending_count() == 1
 
 
+async def test_migration_2_dates_each_feeds_last_fetch_from_its_items(db: Path) -> None:
+    # A schema-1 file: "a" last returned a document at T0+2d (listing k2, not k1 any more)
+    # and has answered 304 since; "b" has no items.
+    db.parent.mkdir(parents=True)
+    conn = connect(db)
+    try:
+        migrate(conn, load_migrations()[:1], str(db))
+        conn.executemany(
+            "INSERT INTO feeds (name, url, last_success_at) VALUES (?, ?, ?)",
+            [
+                ("a", "https://example.com/a.xml", dt_to_text(T0 + 400 * DAY)),
+                ("b", "https://example.com/b.xml", dt_to_text(T0 + 10 * DAY)),
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO items (feed, key, seen_at, last_seen_at) VALUES ('a', ?, ?, ?)",
+            [
+                ("k1", dt_to_text(T0), dt_to_text(T0)),
+                ("k2", dt_to_text(T0), dt_to_text(T0 + 2 * DAY)),
+            ],
+        )
+    finally:
+        conn.close()
+    async with SQLiteStore(db) as store:
+        assert await _query(store, "PRAGMA user_version") == [(len(load_migrations()),)]
+        fetched = await _query(store, "SELECT name, last_fetched_at FROM feeds ORDER BY name")
+        assert fetched == [("a", dt_to_text(T0 + 2 * DAY)), ("b", None)]
+        # Not last_success_at (a 304): that would forget k2, which the feed still lists.
+        pruned = await store.prune(T0 + 400 * DAY, Retention(seen=180 * DAY))
+        assert pruned.items == 1
+        assert await store.unseen("a", ["k1", "k2"]) == {"k1"}
+
+
+async def test_only_a_parsed_document_is_a_fetch(store: SQLiteStore) -> None:
+    async def last_fetched() -> object:
+        return await _query(store, "SELECT last_fetched_at FROM feeds WHERE name = 'a'")
+
+    assert await last_fetched() == [(None,)]
+    await record(store, "a", [], now=T0 + MINUTE)
+    assert await last_fetched() == [(dt_to_text(T0 + MINUTE),)]
+    await store.record_not_modified("a", now=T0 + HOUR, next_poll_at=T0 + DAY, cache=CacheInfo())
+    await store.record_failure("a", "boom", now=T0 + DAY, next_poll_at=T0 + 2 * DAY)
+    assert await last_fetched() == [(dt_to_text(T0 + MINUTE),)]
+
+
 def test_migrate_applies_only_what_is_missing(tmp_path: Path) -> None:
     conn = connect(tmp_path / "m.db")
     try:
@@ -322,6 +368,10 @@ async def _replay(store: Store, polls: list[tuple[str, list[tuple[str, object]]]
             got = await record(store, feed, items, alerts, now=now)
             outcomes.append(([i.key for i in got.new_items], got.alerts, got.deliveries))
         outcomes.append((await store.pending_count("tg"), await store.pending_count("mail")))
+        # Retention, counted from each feed's last fetch: the same items go in both stores.
+        pruned = await store.prune(T0 + (len(polls) + 1) * DAY, Retention(seen=2 * DAY))
+        keys = [f"k{n}" for n in range(8)]
+        outcomes.append((pruned, await store.unseen("a", keys), await store.unseen("b", keys)))
     return outcomes
 
 
@@ -346,7 +396,7 @@ def test_sqlite_agrees_with_memory_on_any_poll_sequence(
             if (feed, key) not in seen:
                 seen.add((feed, key))
                 expected += key in first_alert
-    assert sum(int(o[1]) for o in memory[:-1]) == expected  # type: ignore[index]
+    assert sum(int(o[1]) for o in memory[:-2]) == expected  # type: ignore[index]
 
 
 async def test_reopening_releases_leases_left_by_a_dead_process(tmp_path: Path) -> None:

@@ -1,0 +1,105 @@
+"""Due-feed claiming: a feed is never polled twice at once, and one feed's failure (even of
+the store) never stops the pass over the others."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from monitor.config import load_config
+from monitor.daemon import Daemon
+from monitor.match.matcher import Matcher
+from monitor.models import FeedSpec, FetchLimits, PollPolicy
+from monitor.pipeline import Poller
+from monitor.scheduler import PollScheduler
+from monitor.sources.http import HttpFetcher
+from monitor.sources.workers import ParsePool
+from monitor.store import MemoryStore
+from tests.builders import rss, write_config
+from tests.feedserver import FeedServer, never_answer
+
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_a_feed_still_polling_is_not_started_again_when_its_lease_expires(
+    feed_server: FeedServer,
+) -> None:
+    feed_server.handle("/slow.xml", never_answer())
+    feed = FeedSpec(
+        name="slow",
+        url=feed_server.url("/slow.xml"),
+        interval=timedelta(minutes=5),
+        limits=FetchLimits(deadline=30, read_timeout=30),
+    )
+    clock = Clock()
+    async with (
+        MemoryStore() as store,
+        HttpFetcher(PollPolicy(), user_agent="test") as fetcher,
+        ParsePool(workers=0) as parser,
+    ):
+        await store.sync_feeds([feed], clock.now)
+        poller = Poller(store, fetcher, parser, Matcher(()), PollPolicy(), clock, random.Random(1))
+        scheduler = PollScheduler(poller, {"slow": feed}, 5, clock)
+        clock.now += timedelta(minutes=1)
+        assert await scheduler.tick() == 1
+        for _ in range(100):
+            if feed_server.hits("/slow.xml"):
+                break
+            await asyncio.sleep(0.02)
+        clock.now += timedelta(hours=1)  # far past the lease: the store offers the feed again
+        assert await scheduler.tick() == 0
+        assert scheduler.in_flight == 1
+        await asyncio.sleep(0.2)
+        assert feed_server.hits("/slow.xml") == 1
+        await scheduler.drain(0.1)
+        assert scheduler.in_flight == 0
+        # The cancelled poll released its claim: the feed is due again at once.
+        assert [s.name for s in await store.claim_due_feeds(clock.now, 5, timedelta(1))] == ["slow"]
+
+
+async def test_once_survives_a_store_failure_on_one_feed_and_still_delivers(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    feed_server.set("/a.xml", rss([("a1", "Weather")]), validators=False)
+    feed_server.set("/b.xml", rss([("b1", "Weather")]), validators=False)
+    path = write_config(
+        tmp_path / "monitor.yaml",
+        f"""\
+state: state.db
+feeds:
+  - {{name: a, url: '{feed_server.url("/a.xml")}'}}
+  - {{name: b, url: '{feed_server.url("/b.xml")}'}}
+channels:
+  out: {{type: jsonl, path: alerts.jsonl}}
+rules:
+  - {{name: talks, any: [talks]}}
+""",
+    )
+    async with Daemon(load_config(path)) as daemon:
+        await daemon.once()
+    with sqlite3.connect(tmp_path / "state.db") as raw:  # feed "a" can no longer be written
+        raw.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF last_polled_at ON feeds WHEN NEW.name = 'a'"
+            " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+    feed_server.set("/a.xml", rss([("a2", "Talks"), ("a1", "Weather")]), validators=False)
+    feed_server.set("/b.xml", rss([("b2", "Talks resume"), ("b1", "Weather")]), validators=False)
+    async with Daemon(load_config(path)) as daemon:
+        report = await daemon.once()
+    outcomes = {p.feed: p for p in report.polls}
+    assert outcomes["a"].status == "error"
+    assert "disk says no" in outcomes["a"].error
+    assert outcomes["b"].status == "ok"
+    assert report.dispatch.sent == 1
+    assert "Talks resume" in (tmp_path / "alerts.jsonl").read_text(encoding="utf-8")
