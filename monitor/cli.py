@@ -9,10 +9,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from monitor import __version__, logs
+from monitor import __version__, logs, testrule
 from monitor.config import find_config, load_config
 from monitor.daemon import Daemon, OnceReport
 from monitor.errors import ConfigError, MonitorError, StoreError
+from monitor.match.compile import uses_regex
 from monitor.models import Config
 
 log = logging.getLogger("monitor.cli")
@@ -64,12 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         help="run the daemon until SIGINT/SIGTERM",
         description="Poll feeds on schedule and deliver alerts until stopped.",
     )
+    testrule.add_parser(commands, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    if args.command == "test-rule":
+        return testrule.main(args)
     try:
         config = load_config(find_config(args.config))
     except ConfigError as exc:
@@ -127,6 +131,9 @@ def summary(config: Config) -> str:
     ]
     lines = [f"{config.path}: valid"]
     lines += [f"  {label:<9}{len(names):>4}  {_names(names)}" for label, names in rows]
+    slow = [r.name for r in config.rules if uses_regex(r.query)]
+    if slow:
+        lines.append(f"  {'regex':<9}{len(slow):>4}  {_names(slow)} (regex rules are slower)")
     lines.append(f"  {'state':<9}      {config.state}")
     lines.append(f"  {'timezone':<9}      {config.timezone}")
     return "\n".join(lines)

@@ -225,6 +225,8 @@ class Match:
     fields: tuple[str, ...]
     #: Channels this rule notifies.
     channels: tuple[str, ...]
+    #: A short excerpt of plain text around the first hit ("" when none, e.g. a pure NOT).
+    snippet: str = ""
 
 
 # --- alerts and deliveries ---------------------------------------------------------------------

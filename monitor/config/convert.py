@@ -11,7 +11,9 @@ from pathlib import Path
 from monitor.config import schema
 from monitor.config.explain import validate
 from monitor.config.yamlsource import KeyPath, Reporter
-from monitor.match.query import Node, TermError, regex, structured, term
+from monitor.match.compile import compile_structured, make_regex, make_term, options_problem
+from monitor.match.parse import parse_query
+from monitor.match.query import Node, TermError, error_with_caret
 from monitor.models import (
     DEFAULT_FIELDS,
     ChannelSpec,
@@ -234,37 +236,42 @@ def _check_notify(
 def _query(
     rule: schema.Rule, data: dict[str, object], here: KeyPath, report: Reporter
 ) -> Node | None:
-    ok = True
     lists = {"any": rule.any_, "all": rule.all_, "none": rule.none, "regex": rule.regex}
+    if rule.query is not None and any(lists.values()):
+        report.add((*here, "query"), "use either query or any/all/none/regex, not both")
+        return None
+    case_sensitive, stem = rule.case_sensitive, rule.stem
+    conflict = options_problem(case_sensitive, stem)
+    if conflict:
+        report.add((*here, "stem"), conflict)
+        return None
+    if rule.query is not None:
+        try:
+            return parse_query(rule.query, case_sensitive=case_sensitive, stem=stem)
+        except TermError as exc:
+            message = error_with_caret(exc, rule.query)
+            report.add((*here, "query"), f"rule '{rule.name}': {message}")
+            return None
+    ok = True
     for key, texts in lists.items():
         for j, text in enumerate(texts):
-            path = _item(data, (*here, key), j)
             try:
-                if key != "regex":
-                    term(text)
-                elif not text:
-                    raise TermError("empty regex would match everything")
+                if key == "regex":
+                    make_regex(text, case_sensitive=case_sensitive)
                 else:
-                    regex(text)
+                    make_term(text, case_sensitive=case_sensitive, stem=stem)
             except TermError as exc:
-                report.add(path, _term_message(exc, text))
+                report.add(_item(data, (*here, key), j), error_with_caret(exc, text))
                 ok = False
     if not ok:
         return None
     try:
-        return structured(rule.any_, rule.all_, rule.none, rule.regex)
+        return compile_structured(
+            rule.any_, rule.all_, rule.none, rule.regex, case_sensitive=case_sensitive, stem=stem
+        )
     except TermError as exc:
         report.add(here, str(exc))
         return None
-
-
-def _term_message(exc: TermError, text: str) -> str:
-    if exc.position is None:
-        return str(exc)
-    before = text[: exc.position].split("\n")
-    shown = text.split("\n")[len(before) - 1].expandtabs()
-    caret = " " * len(before[-1].expandtabs()) + "^"
-    return f"{exc} at position {exc.position}\n    {shown}\n    {caret}"
 
 
 def _suggest(word: str, choices: set[str]) -> str:

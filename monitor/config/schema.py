@@ -22,6 +22,7 @@ from pydantic import (
 
 from monitor.config.units import Duration, Interval, Size, at_least
 from monitor.config.yamlsource import kind
+from monitor.match.stem import LANGUAGES
 from monitor.models import FIELDS, DeliveryPolicy, FetchLimits, PollPolicy, Retention
 
 _POLL, _DELIVERY, _RETENTION, _LIMITS = PollPolicy(), DeliveryPolicy(), Retention(), FetchLimits()
@@ -84,6 +85,12 @@ def _header(value: str) -> str:
 def _field(value: str) -> str:
     if value not in FIELDS:
         raise ValueError(f"unknown field {value!r} (valid: {', '.join(FIELDS)})")
+    return value
+
+
+def _stem(value: str) -> str:
+    if value not in LANGUAGES:
+        raise ValueError(f"unknown stem language {value!r} (known: {', '.join(sorted(LANGUAGES))})")
     return value
 
 
@@ -231,6 +238,8 @@ def _scope(value: object) -> object:
 
 class Rule(Strict):
     name: Text
+    # Plain str: the query parser explains an empty query better (with a caret).
+    query: str | None = None
     any_: Terms = Field((), alias="any")
     all_: Terms = Field((), alias="all")
     none: Terms = ()
@@ -238,3 +247,5 @@ class Rule(Strict):
     fields: Fields | None = None
     feeds: Annotated[Scope, BeforeValidator(_scope)] = Scope()
     notify: StrList | None = None
+    case_sensitive: bool = False
+    stem: Annotated[str, AfterValidator(_stem)] | None = None

@@ -1,18 +1,17 @@
 """The query tree every rule compiles to, whatever syntax the user wrote it in.
 
-The structured form (`any`/`all`/`none`) is built here; a query-language parser will produce
-the same nodes. Nodes are frozen and hashable so identical subtrees can be shared.
+Both the structured form (`any`/`all`/`none`/`regex`) and the query language compile to these
+nodes. Rule options are pushed down into the leaves at compile time (a Term knows whether it is
+case-sensitive and which stemmer made its words), so evaluators only ever look at leaves.
+Nodes are frozen and hashable so identical subtrees can be shared.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex as rx
-
-from monitor.match.text import words
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +20,35 @@ class Term:
 
     #: The term as the user wrote it (shown in explanations).
     text: str
-    #: Folded words to find consecutively.
+    #: Words to find consecutively, normalised like item words: folded (`text.words`), or
+    #: only NFC-normalised when `case_sensitive` (`text.raw_words`); then stemmed with
+    #: `stem.stemmer(stem)` when `stem` is set (a prefix's last word is never stemmed).
     words: tuple[str, ...]
     #: Whether the last word matches as a prefix.
     prefix: bool = False
+    #: Fields this term is scoped to (`title:x`); None means the rule's fields.
+    fields: tuple[str, ...] | None = None
+    #: Compare words with their case (and accents) as written.
+    case_sensitive: bool = False
+    #: Language code (see `stem.LANGUAGES`) whose stemmer produced `words`; None: no stemming.
+    stem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Near:
+    """Two or more terms within `distance` words of each other, in any order, in one field.
+
+    "Within N words" means the first words of the terms are at most N positions apart.
+    """
+
+    #: As written, e.g. `NEAR/5(talks, geneva)`.
+    text: str
+    #: The terms (each a word, phrase or prefix), at least two.
+    terms: tuple[Term, ...]
+    #: Largest distance, in words, between the terms' first words.
+    distance: int
+    #: Fields this proximity is scoped to; None means the rule's fields.
+    fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +64,8 @@ class Regex:
     text: str
     #: Compiled pattern (case-insensitive unless the rule says otherwise).
     pattern: rx.Pattern[str]
+    #: Fields this pattern is scoped to; None means the rule's fields.
+    fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +83,7 @@ class Not:
     child: Node
 
 
-Node = Term | Regex | And | Or | Not
+Node = Term | Near | Regex | And | Or | Not
 
 
 class TermError(ValueError):
@@ -68,37 +94,27 @@ class TermError(ValueError):
         super().__init__(message)
 
 
+# The builders live in compile.py (with rule options); these keep the original signatures for
+# existing callers. Imported lazily: compile.py builds on the node classes above.
+
+
 def term(text: str) -> Term:
     """Compile a keyword or phrase: `talks`, `"dead end"`, `dead end`, `sanction*`."""
-    raw = text.strip()
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
-        raw = raw[1:-1]
-    prefix = raw.endswith("*")
-    found = words(raw[:-1] if prefix else raw)
-    if not found:
-        raise TermError(f"term {text!r} contains no word to match")
-    return Term(text=text, words=tuple(found), prefix=prefix)
+    from monitor.match.compile import make_term
+
+    return make_term(text)
 
 
 def regex(text: str, *, case_sensitive: bool = False) -> Regex:
     """Compile a regex term; an invalid pattern raises TermError with the error's position."""
-    try:
-        pattern = rx.compile(text, 0 if case_sensitive else rx.IGNORECASE)
-    except rx.error as exc:
-        # The stdlib points at where a broken construct starts ("missing ), unterminated
-        # subpattern at position 0"); `regex` points at where it noticed. Prefer the former.
-        try:
-            re.compile(text)
-        except re.error as std:
-            raise TermError(f"invalid regex {text!r}: {std.msg}", std.pos) from exc
-        msg, pos = getattr(exc, "msg", str(exc)), getattr(exc, "pos", None)
-        raise TermError(f"invalid regex {text!r}: {msg}", pos) from exc
-    return Regex(text=text, pattern=pattern)
+    from monitor.match.compile import make_regex
+
+    return make_regex(text, case_sensitive=case_sensitive)
 
 
 def terms_of(node: Node) -> list[str]:
     """Every term's text in the tree, in the order written (for stable explanations)."""
-    if isinstance(node, Term | Regex):
+    if isinstance(node, Term | Regex | Near):
         return [node.text]
     if isinstance(node, Not):
         return terms_of(node.child)
@@ -111,18 +127,23 @@ def structured(
     none: Sequence[str] = (),
     regexes: Sequence[str] = (),
 ) -> Node:
-    """Build the tree for `any`/`all`/`none` lists plus regex terms.
+    """Build the tree for `any`/`all`/`none` lists plus regex terms (see
+    `compile.compile_structured`, which also takes the rule's options)."""
+    from monitor.match.compile import compile_structured
 
-    Meaning: every `all` term AND at least one `any` term (when given) AND at least one regex
-    (when given) AND no `none` term. A rule with only `none` matches everything else.
-    """
-    parts: list[Node] = [term(t) for t in all_]
-    if any_:
-        parts.append(Or(tuple(term(t) for t in any_)))
-    if regexes:
-        parts.append(Or(tuple(regex(r) for r in regexes)))
-    if none:
-        parts.append(Not(Or(tuple(term(t) for t in none))))
-    if not parts:
-        raise TermError("rule has no terms: give any, all, none or regex")
-    return parts[0] if len(parts) == 1 else And(tuple(parts))
+    return compile_structured(any_, all_, none, regexes)
+
+
+def error_with_caret(exc: TermError, text: str) -> str:
+    """The error with the offending line of `text` and a caret under the position."""
+    if exc.position is None or not text.strip():
+        return str(exc)
+    before = text[: exc.position].split("\n")
+    shown = text.split("\n")[len(before) - 1].expandtabs()
+    caret = " " * len(before[-1].expandtabs()) + "^"
+    if "\n" in text.rstrip():
+        # A block (`query: |`) query: a character offset would mean counting across lines.
+        where = f"line {len(before)}, column {len(before[-1]) + 1} of the query"
+    else:
+        where = f"position {exc.position}"
+    return f"{exc} at {where}\n    {shown}\n    {caret}"

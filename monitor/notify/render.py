@@ -41,7 +41,11 @@ def text_alert(alert: Alert, channel: str, tz: ZoneInfo) -> str:
     if alert.link:
         lines.append(alert.link)
     lines.append(" · ".join(part for part in (alert.feed, when) if part))
-    lines.append("matched: " + describe(alert.matches_for(channel)))
-    if alert.summary:
+    matches = alert.matches_for(channel)
+    lines.append("matched: " + describe(matches))
+    snippet = next((m.snippet for m in matches if m.snippet), "")
+    if snippet and snippet != alert.title:
+        lines.append(snippet)  # the text around the first hit says more than the summary's start
+    elif alert.summary:
         lines.append(shorten(alert.summary, SNIPPET_CHARS))
     return "\n".join(lines)

@@ -58,6 +58,7 @@ def matches_to_json(matches: Sequence[Match]) -> str:
                 "terms": list(m.terms),
                 "fields": list(m.fields),
                 "channels": list(m.channels),
+                "snippet": m.snippet,
             }
             for m in matches
         ],
@@ -73,6 +74,7 @@ def json_to_matches(value: str) -> tuple[Match, ...]:
             terms=tuple(m["terms"]),
             fields=tuple(m["fields"]),
             channels=tuple(m["channels"]),
+            snippet=str(m.get("snippet", "")),
         )
         for m in raw
     )

@@ -42,7 +42,9 @@ def lease_live(lease_until: datetime | None, now: datetime) -> bool:
 
 def clean_match(match: Match) -> Match:
     """A copy made only of tuples, whatever sequences the caller built it with."""
-    return Match(match.rule, tuple(match.terms), tuple(match.fields), tuple(match.channels))
+    return Match(
+        match.rule, tuple(match.terms), tuple(match.fields), tuple(match.channels), match.snippet
+    )
 
 
 def clean_alert(alert: Alert) -> Alert:

@@ -22,7 +22,13 @@ from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item
 from monitor.store import sqlite_feeds as feeds_sql
 from monitor.store import sqlite_outbox as outbox_sql
 from monitor.store.protocol import Pruned, Recorded
-from monitor.store.sqlite_schema import InstanceLock, connect, load_migrations, migrate
+from monitor.store.sqlite_schema import (
+    InstanceLock,
+    connect,
+    load_migrations,
+    migrate,
+    schema_version,
+)
 
 T = TypeVar("T")
 
@@ -35,8 +41,11 @@ class SQLiteStore:
     Any sqlite3 error (disk full, read-only file, corruption) surfaces as StoreError.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        #: Open for reading beside a running daemon (backtests, status): no instance lock, no
+        #: migrations, and every write fails with StoreError.
+        self.read_only = read_only
         self._lock = InstanceLock(self.path)
         self._executor: ThreadPoolExecutor | None = None
         # Only ever touched on the worker thread.
@@ -84,6 +93,9 @@ class SQLiteStore:
         await self.close()
 
     def _open_sync(self) -> None:
+        if self.read_only:
+            self._conn = self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
@@ -110,13 +122,32 @@ class SQLiteStore:
             raise
         self._conn = conn
 
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"state file {self.path} does not exist")
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            version = schema_version(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state file {self.path}: {exc}") from exc
+        known = max((m.version for m in load_migrations()), default=0)
+        if version != known:
+            conn.close()
+            raise StoreError(
+                f"state file {self.path} has schema {version}; this version reads {known} "
+                "(run the daemon once to migrate it)"
+            )
+        return conn
+
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
         try:
             if conn is not None:
                 conn.close()
         finally:
-            self._lock.release()
+            if not self.read_only:
+                self._lock.release()
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         executor = self._executor

@@ -11,6 +11,8 @@ import pytest
 
 from monitor.config import find_config, load_config
 from monitor.errors import ConfigError
+from monitor.match.compile import make_term
+from monitor.match.parse import parse_query
 from monitor.match.query import structured
 from monitor.models import (
     DEFAULT_FIELDS,
@@ -711,6 +713,150 @@ def test_empty_terms_and_regex(tmp_path: Path) -> None:
         f"{path}:5: rules[0].regex: empty regex would match everything",
         f"{path}:6: rules[1]: rule has no terms: give any, all, none or regex",
     ]
+
+
+def test_query_rule_compiles_with_its_options(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        rules:
+          - name: q
+            query: 'russia AND (sanctions OR "security guarantees") -sport'
+          - name: stemmed
+            query: title:Sanctioned
+            stem: en
+          - name: cased
+            all: [Apple]
+            case_sensitive: true
+          - name: structured-stem
+            any: [sanctions]
+            stem: en
+        """,
+    )
+    q, stemmed, cased, structured_stem = load_config(path, env={}).rules
+    assert q.query == parse_query('russia AND (sanctions OR "security guarantees") -sport')
+    assert stemmed.query == parse_query("title:Sanctioned", stem="en")
+    assert cased.query == make_term("Apple", case_sensitive=True)
+    assert structured_stem.query == make_term("sanctions", stem="en")
+    assert structured_stem.query.words == ("sanction",)
+
+
+def test_query_and_structured_forms_give_the_same_rule(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        rules:
+          - {name: lists, any: [a, b], all: [c], none: [d]}
+          - {name: query, query: c AND (a OR b) AND NOT d}
+        """,
+    )
+    lists, query = load_config(path, env={}).rules
+    assert lists.query == query.query
+
+
+def test_query_excludes_the_lists(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules:\n  - name: r\n    any: x\n    query: y\n")
+    assert only_problem(path) == (
+        f"{path}:4: rules[0].query: use either query or any/all/none/regex, not both"
+    )
+
+
+def test_unknown_stem_language_lists_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules:\n  - name: r\n    query: x\n    stem: english\n")
+    found = only_problem(path)
+    assert found.startswith(
+        f"{path}:4: rules[0].stem: unknown stem language 'english' (known: ar, ca, cs, da, de, "
+    )
+    assert " en, " in found
+
+
+def test_case_sensitive_and_stem_conflict(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "rules:\n  - name: r\n    any: [x]\n    case_sensitive: true\n    stem: en\n",
+    )
+    assert only_problem(path) == (
+        f"{path}:5: rules[0].stem: case_sensitive and stem cannot be combined"
+    )
+
+
+def test_case_sensitive_must_be_a_boolean(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules:\n  - name: r\n    query: x\n    case_sensitive: maybe\n")
+    assert only_problem(path) == (
+        f"{path}:4: rules[0].case_sensitive: expected true or false, got a string"
+    )
+
+
+def test_invalid_query_names_the_rule_with_a_caret(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        rules:
+          - name: fine
+            query: a
+          - name: russia-sanctions
+            fields: [title]
+            query: russia AND
+        """,
+    )
+    assert only_problem(path) == (
+        f"{path}:6: rules[1].query: rule 'russia-sanctions': expected a term after AND "
+        "at position 10\n    russia AND\n              ^"
+    )
+
+
+def test_invalid_query_positions_point_into_the_query(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        rules:
+          - {name: a, query: 'titel:x OR y'}
+          - {name: b, query: 'x /(/'}
+          - {name: c, query: ''}
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:2: rules[0].query: rule 'a': unknown field 'titel' (fields: title, summary, "
+        "content, author, tags, link) at position 0\n    titel:x OR y\n    ^",
+        f"{path}:3: rules[1].query: rule 'b': invalid regex '(': missing ), unterminated "
+        "subpattern at position 3\n    x /(/\n       ^",
+        f"{path}:4: rules[2].query: rule 'c': empty query",
+    ]
+
+
+def test_invalid_block_query_shows_the_line_of_the_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        rules:
+          - name: block
+            query: |
+              russia AND
+                (sanctions OR "security
+              guarantees") AND
+        """,
+    )
+    assert only_problem(path) == (
+        f"{path}:3: rules[0].query: rule 'block': expected a term after AND "
+        'at line 3, column 17 of the query\n    guarantees") AND\n                    ^'
+    )
+
+
+def test_block_query_with_an_unclosed_parenthesis(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        rules:
+          - name: block
+            query: |
+              a OR
+              (b AND	c
+        """,
+    )
+    assert only_problem(path) == (
+        f"{path}:3: rules[0].query: rule 'block': unclosed parenthesis "
+        "at line 2, column 1 of the query\n    (b AND  c\n    ^"
+    )
 
 
 # --- the YAML layer ----------------------------------------------------------------------------

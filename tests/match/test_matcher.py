@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
 
-from monitor.match.matcher import Matcher
-from monitor.match.query import TermError, regex, structured, term
+from monitor.match.matcher import Matcher, hit_spans, snippet
+from monitor.match.query import And, Near, Node, Not, Or, Term, TermError, regex, structured, term
+from monitor.match.stem import stemmer
 from monitor.models import FeedScope, FeedSpec, Item, Rule
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -153,3 +155,113 @@ def test_catastrophic_regex_is_bounded_and_counts_as_no_match() -> None:
     hostile = "a" * 40 + "!"
     assert not matched(r, item(hostile, hostile))  # returns (after the per-search timeout)
     assert matched(rule(any_=("b",), regexes=(r"(a|aa)+$",)), item("b aa"))
+
+
+# --- the query tree: Near, scopes, case, stems, explanations ------------------------------------
+
+
+def node_rule(query: Node, name: str = "r", **kw: object) -> Rule:
+    return Rule(name=name, query=query, notify=("desk",), **kw)  # type: ignore[arg-type]
+
+
+def word(text: str, **kw: object) -> Term:
+    return dataclasses.replace(term(text), **kw)  # type: ignore[arg-type]
+
+
+def test_cjk_term_matches_inside_a_longer_run() -> None:
+    assert matched(rule(any_=("東京",)), item("東京都で新しい制裁"))
+    assert not matched(rule(any_=("東京",)), item("京東"))
+
+
+def test_near_any_order_within_distance_in_one_field() -> None:
+    near = Near("NEAR/2(talks, geneva)", (term("talks"), term("geneva")), 2)
+    r = node_rule(near)
+    assert matched(r, item("Geneva hosts talks"))
+    assert matched(r, item("talks in Geneva"))
+    assert not matched(r, item("talks were held far away in Geneva"))
+    assert not matched(r, item("talks", "geneva"))  # one field, not across fields
+
+
+def test_near_chooses_occurrences_not_just_the_first() -> None:
+    near = Near("n", (term("talks"), term("geneva")), 1)
+    assert matched(node_rule(near), item("talks and more and then talks geneva"))
+
+
+def test_field_scope_on_a_term_overrides_the_rules_fields() -> None:
+    r = node_rule(word("sanctions", fields=("summary",)), fields=("title",))
+    assert matched(r, item("Markets", "New sanctions"))
+    assert not matched(r, item("sanctions", "Markets"))
+    [m] = Matcher((r,)).match(WORLD, item("Markets", "New sanctions"))
+    assert m.fields == ("summary",)
+
+
+def test_regex_scope() -> None:
+    scoped = dataclasses.replace(regex(r"\d+ dead"), fields=("summary",))
+    assert matched(node_rule(scoped), item("x", "12 dead"))
+    assert not matched(node_rule(scoped), item("12 dead", "x"))
+
+
+def test_case_sensitive_term_compares_raw_words() -> None:
+    r = node_rule(Term("US", ("US",), case_sensitive=True))
+    assert matched(r, item("US sanctions"))
+    assert not matched(r, item("let us talk"))
+
+
+def test_stemmed_term_matches_inflections() -> None:
+    stem = stemmer("en")
+    r = node_rule(Term("sanction", (stem("sanction"),), stem="en"))
+    for title in ("New sanctions", "Banks sanctioned", "A sanction"):
+        assert matched(r, item(title))
+    assert not matched(r, item("Sanctuary"))
+
+
+def test_stemmed_phrase_and_prefix() -> None:
+    stem = stemmer("en")
+    r = node_rule(Term("peace talk*", (stem("peace"), "talk"), prefix=True, stem="en"))
+    assert matched(r, item("Peaceful talks"))  # "peaceful" does not stem to "peac"
+    assert not matched(r, item("talks"))
+
+
+def test_pure_not_and_regex_only_rules_are_always_evaluated() -> None:
+    rules = (node_rule(Not(term("sport")), "not"), rule("rx", regexes=(r"\d{4}",)))
+    found = Matcher(rules).match(WORLD, item("Elections 2026"))
+    assert [m.rule for m in found] == ["not", "rx"]
+    [m, _] = found
+    assert m.terms == ()
+    assert m.snippet == "Elections 2026"
+
+
+def test_snippet_is_around_the_first_hit_preferring_the_title() -> None:
+    long = " ".join(["filler"] * 40) + " sanctions announced " + " ".join(["more"] * 40)
+    [m] = Matcher((rule(any_=("sanctions",)),)).match(WORLD, item("Markets", long))
+    assert "sanctions announced" in m.snippet
+    assert m.snippet.startswith("…")
+    assert m.snippet.endswith("…")
+    assert len(m.snippet) <= 162
+    assert all(w in ("filler", "sanctions", "announced", "more") for w in m.snippet[1:-1].split())
+    [m] = Matcher((rule(any_=("sanctions",)),)).match(WORLD, item("Sanctions!", long))
+    assert m.snippet == "Sanctions!"
+
+
+def test_snippet_cut_keeps_whole_words() -> None:
+    text = "alpha " * 10 + "target" + " omega" * 40
+    cut = snippet(text, text.index("target"), text.index("target") + 6)
+    assert "target" in cut
+    assert all(w in ("alpha", "target", "omega") for w in cut.strip("…").split())
+
+
+def test_hit_spans_for_highlighting() -> None:
+    query = And((term("talks"), Or((term("geneva"), term("sanction*"))), Not(term("sport"))))
+    text = "Talks in Geneva; sanctions bite; sport talks"
+    spans = hit_spans(query, text)
+    assert [text[a:b] for a, b in spans] == ["Talks", "Geneva", "sanctions", "talks"]
+    assert hit_spans(regex(r"\d+"), "a 12 b 3") == [(2, 4), (7, 8)]
+
+
+def test_large_rule_set_evaluates_only_candidates() -> None:
+    rules = [rule(f"r{i}", any_=(f"w{i}", f"k{i}")) for i in range(10_000)]
+    rules.append(node_rule(Not(term("sport")), "always"))
+    matcher = Matcher(rules)
+    it = item("news about w17 and k4242")
+    assert [r.name for r in matcher.candidates(it)] == ["r17", "r4242", "always"]
+    assert [m.rule for m in matcher.match(WORLD, it)] == ["r17", "r4242", "always"]

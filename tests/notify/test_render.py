@@ -54,3 +54,9 @@ def test_shorten_cuts_on_a_word_with_an_ellipsis() -> None:
 def test_helpers() -> None:
     assert local_time(None, ZoneInfo("UTC")) == ""
     assert describe((Match("a", ("x", "y"), (), ()),)) == "a (x, y)"
+
+
+def test_the_snippet_around_the_first_hit_replaces_the_summary_start() -> None:
+    matches = (Match("talks", ("geneva",), ("summary",), ("desk",), "…envoys met in Geneva…"),)
+    text = text_alert(alert(matches=matches), "desk", ZoneInfo("UTC"))
+    assert text.splitlines()[-1] == "…envoys met in Geneva…"

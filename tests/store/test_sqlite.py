@@ -413,3 +413,22 @@ async def test_reopening_releases_leases_left_by_a_dead_process(tmp_path: Path) 
     async with SQLiteStore(path) as second:  # the first "died" holding its claim
         again = await second.claim_due_feeds(now + timedelta(minutes=2), 10, timedelta(hours=1))
         assert [s.name for s in again] == ["a"]
+
+
+async def test_read_only_open_works_beside_a_running_daemon_and_refuses_writes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    async with SQLiteStore(path) as owner:
+        await owner.sync_feeds([spec("a")], T0)
+        await record(owner, "a", [item("k1")])
+        async with SQLiteStore(path, read_only=True) as reader:
+            [stored] = await reader.recent_items(T0 - DAY)
+            assert stored.key == "k1"
+            with pytest.raises(StoreError):
+                await reader.sync_feeds([spec("b")], T0)
+
+
+async def test_read_only_open_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        await SQLiteStore(tmp_path / "nope.db", read_only=True).open()

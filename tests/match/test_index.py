@@ -1,0 +1,73 @@
+"""The prefilter: trigger keys per rule, and candidate lookup per item."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from monitor.match.evaluate import Fields
+from monitor.match.index import Index, required_literals, triggers
+from monitor.match.query import And, Near, Not, Or, Term, regex, structured, term
+from monitor.models import Item, Rule
+
+F = ("title", "summary")
+
+
+def fields(title: str, summary: str = "") -> Fields:
+    return Fields.of(Item(feed="f", key="k", title=title, link="", summary=summary))
+
+
+def test_term_triggers_on_its_word_or_best_word_pair_in_each_field() -> None:
+    assert triggers(term("sanctions"), F) == {
+        ("w", "title", False, None, "sanctions"),
+        ("w", "summary", False, None, "sanctions"),
+    }
+    assert triggers(term("peace of mind"), ("title",)) == {("b", "title", False, None, "peace of")}
+    assert triggers(term("dead en*"), ("title",)) == {("w", "title", False, None, "dead")}
+    assert triggers(term("sanction*"), ("title",)) == {("p", "title", False, None, "sanction")}
+    scoped = dataclasses.replace(term("x"), fields=("summary",))
+    assert triggers(scoped, F) == {("w", "summary", False, None, "x")}
+
+
+def test_and_picks_one_child_or_unions_not_has_none() -> None:
+    assert triggers(And((term("a*"), term("geneva"))), ("title",)) == {
+        ("w", "title", False, None, "geneva")
+    }
+    assert triggers(Or((term("a"), term("b"))), ("title",)) == {
+        ("w", "title", False, None, "a"),
+        ("w", "title", False, None, "b"),
+    }
+    assert triggers(Not(term("a")), F) is None
+    assert triggers(Or((term("a"), Not(term("b")))), F) is None
+    assert triggers(And((term("a"), Not(term("b")))), ("title",)) == {
+        ("w", "title", False, None, "a")
+    }
+    near = Near("n", (term("a"), term("longer")), 3)
+    assert triggers(near, ("title",)) == {("w", "title", False, None, "longer")}
+
+
+def test_regex_required_literals() -> None:
+    assert required_literals(regex(r"\bsanction(s|ed)?\b").pattern) == ["sanction"]
+    # the stdlib parser factors out the common prefix "co": still sound
+    assert required_literals(regex(r"(covid|corona)-?19").pattern) == ["vid", "rona"]
+    assert required_literals(regex(r"\b[A-Z]{2,5}-\d+\b").pattern) is None
+    assert required_literals(regex(r"(?:foo){e<=1}").pattern) is None  # fuzzy: `regex` only
+    assert required_literals(regex(r"[[:alpha:]]+xyz").pattern) is None
+    assert required_literals(regex(r"(?:abc)?x").pattern) is None
+
+
+def test_candidates_cover_words_prefixes_literals_and_always_rules() -> None:
+    rules = [
+        Rule("word", structured(any_=["geneva"])),
+        Rule("prefix", structured(any_=["sanction*"])),
+        Rule("regex", structured(regexes=[r"covid-?19"])),
+        Rule("not", structured(none=["sport"])),
+        Rule("title-only", structured(any_=["talks"]), fields=("title",)),
+        Rule("case", Term("US", ("US",), case_sensitive=True)),
+        Rule("phrase", structured(any_=['"dead end"'])),
+    ]
+    index = Index(rules)
+    assert index.always == (3,)
+    found = index.candidates(fields("Talks", "in geneva on sanctions and COVID19 for us"))
+    assert [rules[i].name for i in found] == ["word", "prefix", "regex", "not", "title-only"]
+    assert index.candidates(fields("x", "talks by the US")) == [3, 5]
+    assert index.candidates(fields("end dead", "dead-end")) == [3, 6]
