@@ -102,13 +102,20 @@ def make_rules(vocab: Vocab, n: int) -> list[Rule]:
 
 
 def naive_patterns(rules: list[Rule]) -> list[re.Pattern[str]]:
-    """One case-insensitive word-boundary regex per rule (its terms as alternatives)."""
-    from monitor.match.query import terms_of
+    """One case-insensitive word-boundary regex per rule (its terms as alternatives; regex
+    terms as written, the others escaped)."""
+    from monitor.match.query import Regex, terms_of
+
+    def regex_texts(node: object) -> set[str]:
+        if isinstance(node, Regex):
+            return {node.text}
+        children = getattr(node, "children", ()) or [getattr(node, "child", None)]
+        return {t for child in children if child is not None for t in regex_texts(child)}
 
     found = []
     for rule in rules:
-        parts = [re.escape(t.rstrip("*")) if not t.startswith("\\") else t
-                 for t in terms_of(rule.query)]  # fmt: skip
+        raw = regex_texts(rule.query)
+        parts = [t if t in raw else re.escape(t.rstrip("*")) for t in terms_of(rule.query)]
         found.append(re.compile(r"\b(?:" + "|".join(parts) + r")\b", re.IGNORECASE))
     return found
 

@@ -98,11 +98,14 @@ class Daemon:
         except BaseException:
             await stack.aclose()
             raise
+        # Compiling thousands of rules takes a noticeable fraction of a second: off the loop,
+        # so a reload never stalls polls and sends in flight.
+        matcher = await asyncio.to_thread(Matcher, self.config.rules)
         poller = Poller(
             store=self.store,
             fetcher=fetcher,
             parser=parser,
-            matcher=Matcher(self.config.rules),
+            matcher=matcher,
             policy=policy,
             clock=utcnow,
             rng=self._rng,

@@ -194,3 +194,36 @@ rules:
     assert "HTTP 500" in result.stderr
     assert "kq93-secret-token-77" not in result.stderr + result.stdout
     assert feed_server.requests[-1][0].endswith("key=kq93-secret-token-77")
+
+
+def test_check_lists_regex_rules_as_slower_and_rejects_a_bad_query(tmp_path: Path) -> None:
+    good = write_config(
+        tmp_path / "good.yaml",
+        """\
+feeds:
+  - url: https://example.org/feed.xml
+rules:
+  - {name: codes, query: '/\\b[A-Z]{3}-\\d{3}\\b/ OR title:UN'}
+  - {name: plain, query: 'talks'}
+""",
+    )
+    result = monitor("check", "-c", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "codes (regex rules are slower)" in result.stdout
+    bad = write_config(
+        tmp_path / "bad.yaml",
+        """\
+feeds:
+  - url: https://example.org/feed.xml
+rules:
+  - name: broken
+    query: 'sanction* AND'
+""",
+    )
+    result = monitor("check", "-c", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1:] == [
+        f"{bad}:5: rules[0].query: rule 'broken': expected a term after AND at position 13",
+        "    sanction* AND",
+        "                 ^",
+    ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import regex as rx
 
@@ -31,14 +32,24 @@ REGEX_TIMEOUT = 0.05
 class Fields:
     """An item's fields, tokenised once (per normalisation) and shared by every rule."""
 
-    __slots__ = ("_distinct", "_folded", "_text", "_texts", "_words", "searched", "timeouts")
+    __slots__ = (
+        "_distinct",
+        "_folded",
+        "_pairs",
+        "_text",
+        "_texts",
+        "_words",
+        "searched",
+        "timeouts",
+    )
 
     def __init__(self, text: Callable[[str], str]) -> None:
         self._text = text
         self._texts: dict[str, str] = {}
         self._words: dict[tuple[str, bool, str | None], list[str]] = {}
         self._folded: dict[str, str] = {}
-        self._distinct: dict[tuple[str, bool, str | None], set[str]] = {}
+        self._distinct: dict[tuple[tuple[str, ...], bool, str | None], set[str]] = {}
+        self._pairs: dict[tuple[tuple[str, ...], bool, str | None], set[tuple[str, str]]] = {}
         #: (pattern, field) -> span of its first match, None when none.
         self.searched: dict[tuple[rx.Pattern[str], str], tuple[int, int] | None] = {}
         #: Regex terms that hit REGEX_TIMEOUT on this item (reported by the caller).
@@ -75,7 +86,8 @@ class Fields:
         if key in self.searched:
             return self.searched[key]
         try:
-            found = pattern.search(self.text(name), timeout=REGEX_TIMEOUT)
+            # positional (pos, endpos, concurrent, partial, timeout): keyword parsing costs more
+            found = pattern.search(self.text(name), None, None, None, False, REGEX_TIMEOUT)
         except TimeoutError:
             self.timeouts.append(label)
             found = None
@@ -84,10 +96,32 @@ class Fields:
 
     def distinct(self, name: str, case_sensitive: bool, stem: str | None) -> set[str]:
         """The set of `words(...)` (for index lookups)."""
-        key = (name, case_sensitive, stem)
+        return self.distinct_in((name,), case_sensitive, stem)
+
+    def distinct_in(
+        self, names: tuple[str, ...], case_sensitive: bool, stem: str | None
+    ) -> set[str]:
+        """The set of `words(...)` over several fields at once (for index lookups)."""
+        key = (names, case_sensitive, stem)
         found = self._distinct.get(key)
         if found is None:
-            found = self._distinct[key] = set(self.words(name, case_sensitive, stem))
+            found = set(self.words(names[0], case_sensitive, stem))
+            for name in names[1:]:
+                found.update(self.words(name, case_sensitive, stem))
+            self._distinct[key] = found
+        return found
+
+    def pairs_in(
+        self, names: tuple[str, ...], case_sensitive: bool, stem: str | None
+    ) -> set[tuple[str, str]]:
+        """Every two consecutive `words(...)` of each of several fields (for index lookups)."""
+        key = (names, case_sensitive, stem)
+        found = self._pairs.get(key)
+        if found is None:
+            found = self._pairs[key] = set()
+            for name in names:
+                toks = self.words(name, case_sensitive, stem)
+                found.update(pairwise(toks))
         return found
 
     def folded_text(self, name: str) -> str:

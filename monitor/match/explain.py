@@ -48,11 +48,14 @@ def _first_snippet(hits: list[Hit], fields: Fields) -> str:
     if not hits:
         return snippet(fields.text("title") or fields.text("summary"), 0, 0)
     name = min({hit[1] for hit in hits}, key=PREFERRED.index)
+    text = fields.text(name)
+    if len(text.strip()) <= SNIPPET:  # shown whole: no need to locate the hit
+        return text.strip()
     first = min((start, end, in_chars) for _, f, start, end, in_chars in hits if f == name)
     start, end, in_chars = first
     if not in_chars:
         start, end = fields.span(name, start, end - 1)
-    return snippet(fields.text(name), start, end)
+    return snippet(text, start, end)
 
 
 def snippet(text: str, start: int, end: int, width: int = SNIPPET) -> str:

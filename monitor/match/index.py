@@ -1,15 +1,21 @@
 """The prefilter: from the words an item contains, the few rules that could match it.
 
 Each rule gets a set of trigger keys such that the rule can only be true if the item holds at
-least one of them (a Term: its longest exact word, or its prefix; AND: the best child's set;
-OR: the union of its children's; NEAR: its best term's). NOT and regexes without a required
-literal have none: rules whose truth does not need any positive key are always evaluated.
+least one of them (a Term: its longest exact word, a pair of its consecutive words, or its
+prefix; AND: the best child's set; OR: the union of its children's; NEAR: its best term's).
+NOT and regexes without a required literal have none: rules whose truth does not need any
+positive key are always evaluated.
 
-Lookups are token-level dicts, not an Aho-Corasick automaton: items are tokenised anyway (for
-phrases and explanations), and one C-level `dict.keys() & set(tokens)` per field finds every
-exact word at once; prefixes are looked up as `token[:k]` for each distinct prefix length.
-A regex's required literal (found with the stdlib parser) is checked as a substring of the
-casefolded field text.
+Words, pairs and prefixes are looked up in token-level dicts: items are tokenised anyway (for
+phrases and explanations), and one C-level `dict.keys() & set(tokens)` finds every exact word at
+once, `dict.keys() & set(pairwise(tokens))` every pair. Fields whose tables are identical (the
+common case: every rule on title and summary) are looked up together, over the union of their
+tokens. Prefixes are bucketed by their first characters.
+
+A regex's required literal (found with the stdlib parser) must occur in the casefolded field
+text. All literals go into ONE pyahocorasick automaton (dependency: pyahocorasick>=2.0): a
+single C-level scan per item, instead of one `literal in text` per literal, whose cost grew
+with the number of regex rules.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
 
 _parser: Any = importlib.import_module("re._parser")
 _const: Any = importlib.import_module("re._constants")
+#: pyahocorasick (no type stubs): one automaton over every regex literal.
+_ahocorasick: Any = importlib.import_module("ahocorasick")
 
 #: ("w" word | "b" two consecutive words, space-joined | "p" prefix | "l" regex literal |
 #:  "r" regex without a usable literal (searched once per item and field, shared by every rule
@@ -161,7 +169,7 @@ class Index:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         words: dict[_Kind, dict[str, list[int]]] = defaultdict(dict)
-        pairs: dict[_Kind, dict[str, dict[str, list[int]]]] = defaultdict(dict)
+        pairs: dict[_Kind, dict[tuple[str, str], list[int]]] = defaultdict(dict)
         prefixes: dict[tuple[str, bool], dict[str, list[int]]] = defaultdict(dict)
         literals: dict[str, list[int]] = {}
         literal_fields: set[str] = set()
@@ -178,8 +186,10 @@ class Index:
                     table = words[field, cs, stem]
                 elif kind == "b":
                     first, second = text.split(" ")
-                    table = pairs[field, cs, stem].setdefault(first, {})
-                    text = second
+                    ids = pairs[field, cs, stem].setdefault((first, second), [])
+                    if not ids or ids[-1] != i:
+                        ids.append(i)
+                    continue
                 elif kind == "p":
                     table = prefixes[field, cs]
                 elif kind == "l":  # one check over all literal fields' text: a superset
@@ -193,49 +203,95 @@ class Index:
                 if not ids or ids[-1] != i:
                     ids.append(i)
         self.always: tuple[int, ...] = tuple(always)
-        self._words = dict(words)
-        self._pairs = dict(pairs)
-        self._prefixes = {key: _buckets(table) for key, table in prefixes.items()}
-        self._literals = list(literals.items())
+        self._lookups = _lookups(words, pairs, prefixes)
+        self._literals: Any = None
+        if literals:
+            self._literals = _ahocorasick.Automaton()
+            for literal, ids in literals.items():
+                self._literals.add_word(literal, tuple(ids))
+            self._literals.make_automaton()
         self._literal_fields = tuple(sorted(literal_fields))
-        self._searches = {
-            field: [(patterns[text], text, ids) for text, ids in table.items()]
+        self._searches = [
+            (field, [(patterns[text], text, ids) for text, ids in table.items()])
             for field, table in searches.items()
-        }
+        ]
 
     def candidates(self, fields: Fields) -> list[int]:
         """Indexes (config order) of the rules that may hold on the item behind `fields`."""
         found = set(self.always)
-        for (name, cs, stem), table in self._words.items():
-            for word in table.keys() & fields.distinct(name, cs, stem):
-                found.update(table[word])
-        for (name, cs, stem), firsts in self._pairs.items():
-            for first in firsts.keys() & fields.distinct(name, cs, stem):
-                toks, seconds = fields.words(name, cs, stem), firsts[first]
-                i = toks.index(first)
-                while i >= 0:
-                    if i + 1 < len(toks) and toks[i + 1] in seconds:
-                        found.update(seconds[toks[i + 1]])
-                    i = toks.index(first, i + 1) if first in toks[i + 1 :] else -1
-        for (name, cs), (short, buckets) in self._prefixes.items():
-            distinct = fields.distinct(name, cs, None)
-            for head in buckets.keys() & {word[:_BUCKET] for word in distinct}:
-                for prefix, ids in buckets[head]:
-                    if any(word.startswith(prefix) for word in distinct):
-                        found.update(ids)
-            for length, table in short.items():
-                for head in table.keys() & {word[:length] for word in distinct}:
-                    found.update(table[head])
-        if self._literals:
-            text = "\n".join(fields.folded_text(name) for name in self._literal_fields)
-            for literal, ids in self._literals:
-                if literal in text:
-                    found.update(ids)
-        for name, searches in self._searches.items():
+        update = found.update
+        for names, cs, stem, table, bigrams, short, buckets in self._lookups:
+            distinct = fields.distinct_in(names, cs, stem)
+            if table is not None:
+                for word in table.keys() & distinct:
+                    update(table[word])
+            if bigrams is not None:
+                for pair in bigrams.keys() & fields.pairs_in(names, cs, stem):
+                    update(bigrams[pair])
+            if buckets is not None:
+                for head in buckets.keys() & {word[:_BUCKET] for word in distinct}:
+                    for prefix, ids in buckets[head]:
+                        if any(word.startswith(prefix) for word in distinct):
+                            update(ids)
+            if short is not None:
+                for length, heads in short.items():
+                    for head in heads.keys() & {word[:length] for word in distinct}:
+                        update(heads[head])
+        if self._literals is not None:
+            text = "\n".join(map(fields.folded_text, self._literal_fields))
+            for _, ids in self._literals.iter(text):
+                update(ids)
+        for name, searches in self._searches:
             for pattern, label, ids in searches:
                 if fields.search(pattern, name, label) is not None:
-                    found.update(ids)
+                    update(ids)
         return sorted(found)
+
+
+#: One lookup: fields whose tables are identical (their tokens are looked up together), case
+#: sensitivity, stemmer, word table, pair table ((first, second) -> ids), prefix tables (short,
+#: bucketed; see `_buckets`).
+_Lookup = tuple[
+    tuple[str, ...],
+    bool,
+    "str | None",
+    "dict[str, list[int]] | None",
+    "dict[tuple[str, str], list[int]] | None",
+    "dict[int, dict[str, list[int]]] | None",
+    "dict[str, list[tuple[str, list[int]]]] | None",
+]
+
+
+def _lookups(
+    words: dict[_Kind, dict[str, list[int]]],
+    pairs: dict[_Kind, dict[tuple[str, str], list[int]]],
+    prefixes: dict[tuple[str, bool], dict[str, list[int]]],
+) -> list[_Lookup]:
+    """Per (case, stem): the fields grouped by identical tables, so that in the common case
+    (every rule on title and summary) each token is looked up once for all its fields."""
+    kinds = {(cs, stem) for _, cs, stem in (*words, *pairs)} | {(cs, None) for _, cs in prefixes}
+    names = sorted({key[0] for key in words} | {key[0] for key in pairs} | {f for f, _ in prefixes})
+    found: list[_Lookup] = []
+    for cs, stem in sorted(kinds, key=lambda k: (k[0], k[1] or "")):
+        groups: list[tuple[list[str], tuple[Any, Any, Any]]] = []
+        for name in names:
+            tables = (
+                words.get((name, cs, stem)),
+                pairs.get((name, cs, stem)),
+                prefixes.get((name, cs)) if stem is None else None,
+            )
+            if tables == (None, None, None):
+                continue
+            for group, same in groups:
+                if same == tables:
+                    group.append(name)
+                    break
+            else:
+                groups.append(([name], tables))
+        for group, (table, bigrams, prefix_table) in groups:
+            short, buckets = _buckets(prefix_table) if prefix_table else (None, None)
+            found.append((tuple(group), cs, stem, table, bigrams, short or None, buckets or None))
+    return found
 
 
 #: Prefixes are bucketed by their first characters: one dict lookup per distinct token.

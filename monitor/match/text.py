@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from functools import lru_cache
+from itertools import islice
+from operator import methodcaller
 from typing import NamedTuple
 
 import regex as rx
 
 _ASCII_WORD = re.compile(r"\w+", re.ASCII)
+_SPAN = methodcaller("span")
 #: Typographic punctuation common in English news: text made only of ASCII and these still
 #: takes the fast path (they are not word characters, and `lower()` leaves them alone).
 _PUNCT = (
@@ -110,16 +114,11 @@ def tokens(text: str) -> Tokens:
 def token_span(text: str, first: int, last: int) -> tuple[int, int]:
     """Character span from the start of token `first` to the end of token `last` of `text`."""
     if _plain(text):
-        found = _ASCII_WORD.finditer(text)
-        kept = (m.span() for m in found)
+        kept: Iterator[tuple[int, int]] = map(_SPAN, _ASCII_WORD.finditer(text))
     else:
         pattern = _WORD_CJK if _HAS_CJK.search(text) else _WORD
         kept = (m.span() for m in pattern.finditer(text) if _fold_token(m.group()))
-    start = end = 0
-    for i, span in enumerate(kept):
-        if i == first:
-            start = span[0]
-        if i == last:
-            end = span[1]
-            break
+    start, end = next(islice(kept, first, None), (0, 0))
+    if last > first:
+        end = next(islice(kept, last - first - 1, None), (0, 0))[1]
     return start, end

@@ -71,3 +71,19 @@ def test_candidates_cover_words_prefixes_literals_and_always_rules() -> None:
     assert [rules[i].name for i in found] == ["word", "prefix", "regex", "not", "title-only"]
     assert index.candidates(fields("x", "talks by the US")) == [3, 5]
     assert index.candidates(fields("end dead", "dead-end")) == [3, 6]
+
+
+def test_pairs_do_not_span_fields_and_literals_share_one_scan() -> None:
+    rules = [
+        Rule("phrase", structured(any_=['"dead end"'])),
+        Rule("covid", structured(regexes=[r"covid-?19"])),
+        Rule("sanction", structured(regexes=[r"\bsanction(s|ed)?\b"])),
+        Rule("phrase-title", structured(any_=['"peace talks"']), fields=("title",)),
+    ]
+    index = Index(rules)
+    assert index.candidates(fields("a dead", "end b")) == []
+    assert index.candidates(fields("peace", "talks")) == []
+    assert index.candidates(fields("x", "peace talks")) == []
+    assert index.candidates(fields("Peace talks", "dead end")) == [0, 3]
+    assert index.candidates(fields("COVID19", "sanctioned")) == [1, 2]
+    assert index.candidates(fields("x", "sanction covid-19 sanction")) == [1, 2]
