@@ -228,15 +228,8 @@ class Index:
             if bigrams is not None:
                 for pair in bigrams.keys() & fields.pairs_in(names, cs, stem):
                     update(bigrams[pair])
-            if buckets is not None:
-                for head in buckets.keys() & {word[:_BUCKET] for word in distinct}:
-                    for prefix, ids in buckets[head]:
-                        if any(word.startswith(prefix) for word in distinct):
-                            update(ids)
-            if short is not None:
-                for length, heads in short.items():
-                    for head in heads.keys() & {word[:length] for word in distinct}:
-                        update(heads[head])
+            if buckets is not None or short is not None:
+                _prefixed(distinct, buckets or {}, short or {}, update)
         if self._literals is not None:
             text = "\n".join(map(fields.folded_text, self._literal_fields))
             for _, ids in self._literals.iter(text):
@@ -246,6 +239,27 @@ class Index:
                 if fields.search(pattern, name, label) is not None:
                     update(ids)
         return sorted(found)
+
+
+def _prefixed(
+    distinct: set[str],
+    buckets: dict[str, list[tuple[str, list[int]]]],
+    short: dict[int, dict[str, list[int]]],
+    update: Any,
+) -> None:
+    """Rules with a prefix that starts one of the words: one pass over the words, one dict
+    lookup each (plus one per short-prefix length), no per-item set of heads."""
+    get = buckets.get
+    for word in distinct:
+        entries = get(word[:_BUCKET])
+        if entries is not None:
+            for prefix, ids in entries:
+                if word.startswith(prefix):
+                    update(ids)
+        for length, heads in short.items():
+            found = heads.get(word[:length])
+            if found is not None:
+                update(found)
 
 
 #: One lookup: fields whose tables are identical (their tokens are looked up together), case
