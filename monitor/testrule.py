@@ -14,16 +14,18 @@ from typing import Any, TextIO
 from monitor import logs
 from monitor.config import find_config, load_config, parse_duration
 from monitor.errors import ConfigError, MonitorError
+from monitor.match.compile import options_problem
 from monitor.match.matcher import Matcher
 from monitor.match.parse import parse_query
 from monitor.match.query import And, Near, Node, Not, Or, Regex, Term, TermError, error_with_caret
-from monitor.models import DEFAULT_FIELDS, Config, FeedScope, FeedSpec, Item, Match, Rule
+from monitor.models import DEFAULT_FIELDS, FIELDS, Config, FeedScope, FeedSpec, Item, Match, Rule
+from monitor.sources.text import CONTENT_LIMIT, SUMMARY_LIMIT, TITLE_LIMIT, clean_text
 from monitor.store import open_store
 
 #: Exit codes: match, no match (as grep does), invalid input.
 MATCH, NO_MATCH, INVALID = 0, 1, 2
-#: Exit code when the state store cannot be read.
-FAILED = 1
+#: Exit code when the state store cannot be read (distinct from "no match").
+FAILED = 3
 
 _ANY_FEED = FeedSpec(name="(test)", url="https://example.invalid/", interval=timedelta(hours=1))
 
@@ -31,15 +33,23 @@ _ANY_FEED = FeedSpec(name="(test)", url="https://example.invalid/", interval=tim
 def query_rule(
     query: str, *, case_sensitive: bool, stem: str | None, fields: Sequence[str] | None
 ) -> Rule:
-    """An ad-hoc rule from `--query` (raises QueryError/TermError on a bad query)."""
+    """An ad-hoc rule from `--query` (ValueError for bad options, TermError for a bad query)."""
+    problem = options_problem(case_sensitive, stem)
+    if problem:
+        raise ValueError(problem)
+    unknown = [f for f in fields or () if f not in FIELDS]
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r} (fields: {', '.join(FIELDS)})")
     node = parse_query(query, case_sensitive=case_sensitive, stem=stem)
     return Rule(name="(query)", query=node, fields=tuple(fields or DEFAULT_FIELDS))
 
 
 def test_item(rule: Rule, title: str, summary: str, content: str, out: TextIO) -> int:
     """Evaluate `rule` on one made-up item, print the verdict and why; return the exit code."""
-    item = Item(feed=_ANY_FEED.name, key="test", title=title, link="", summary=summary,
-                content=content, seen_at=datetime.now(UTC))  # fmt: skip
+    # The same plain-text reduction feed items get: HTML stripped, entities decoded.
+    item = Item(feed=_ANY_FEED.name, key="test", title=clean_text(title, TITLE_LIMIT), link="",
+                summary=clean_text(summary, SUMMARY_LIMIT),
+                content=clean_text(content, CONTENT_LIMIT), seen_at=datetime.now(UTC))  # fmt: skip
     unscoped = dataclasses.replace(rule, feeds=FeedScope())
     matches = Matcher((unscoped,)).match(_ANY_FEED, item)
     found, missing = _leaf_report(unscoped, item)
@@ -128,7 +138,16 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     test.add_argument("--summary", default="", help="the item's summary")
     test.add_argument("--content", default="", help="the item's content")
     test.add_argument("--since", metavar="DURATION", help="backtest over stored items, e.g. 7d")
-    test.add_argument("--limit", type=int, default=50, help="matches listed in a backtest")
+    test.add_argument(
+        "--limit", type=_positive, default=50, help="matches listed in a backtest (default 50)"
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -148,13 +167,19 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.rule and (args.case_sensitive or args.stem or args.fields):
+        raise ValueError(
+            "--case-sensitive, --stem and --fields go with --query; a --rule has its own"
+        )
+    if args.since and (args.title or args.summary or args.content):
+        raise ValueError("--since replays stored items: give either --since or --title/--summary")
     config = None
     if args.rule or args.since or args.config:
         config = load_config(find_config(args.config))
         for secret in config.secrets:
             logs.register_secret(secret)
     if args.query is not None:
-        fields = args.fields.split(",") if args.fields else None
+        fields = [f.strip() for f in args.fields.split(",")] if args.fields else None
         rule = query_rule(
             args.query, case_sensitive=args.case_sensitive, stem=args.stem, fields=fields
         )

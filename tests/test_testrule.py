@@ -93,3 +93,29 @@ rules:
 
     adhoc = run_test_rule("-c", str(path), "--query", "talks", "--since", "7d")
     assert "2 of 3 stored items matched (query)" in adhoc.stdout
+
+
+def test_bad_options_are_invalid_input_without_a_traceback() -> None:
+    for args in (
+        ["--query", "talks", "--fields", "titel", "--title", "x"],
+        ["--query", "talks", "--stem", "xx", "--title", "x"],
+        ["--query", "talks", "--stem", "en", "--case-sensitive", "--title", "x"],
+        ["--query", "talks", "--since", "7d", "--title", "x"],
+    ):
+        result = run_test_rule(*args)
+        assert result.returncode == 2, args
+        assert "Traceback" not in result.stderr
+    spaced = run_test_rule("--query", "talks", "--fields", "title, summary", "--summary", "talks")
+    assert spaced.returncode == 0, spaced.stderr
+
+
+def test_html_in_the_given_text_is_reduced_like_feed_text() -> None:
+    result = run_test_rule("--query", '"AT&T"', "--summary", "<b>AT&amp;T</b> deal")
+    assert result.returncode == 0, result.stdout
+
+
+def test_a_missing_state_file_is_exit_3_not_no_match(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "monitor.yaml", "feeds: []\nrules: [{name: r, query: x}]\n")
+    result = run_test_rule("-c", str(path), "--rule", "r", "--since", "1d")
+    assert result.returncode == 3
+    assert "does not exist" in result.stderr

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import regex as rx
 
 from monitor.match.query import And, Near, Node, Not, Or, Regex, Term, TermError
-from monitor.match.stem import LANGUAGES, stemmer
+from monitor.match.stem import LANGUAGES, stem_words
 from monitor.match.text import raw_words, words
 
 # A `*` that ends a word: the only place a prefix wildcard may stand.
@@ -60,10 +60,10 @@ def make_term(
     if not found:
         raise TermError(f"term {text!r} contains no word to match")
     if stem is not None:
-        stemmed = stemmer(stem)
+        stemmed = stem_words(stem, raw_words(body[:-1] if prefix else body))
         # A prefix's last word is a fragment: stemming it would change what it matches.
         last = len(found) - 1 if prefix else len(found)
-        found = [stemmed(w) if i < last else w for i, w in enumerate(found)]
+        found = [stemmed[i] if i < last else w for i, w in enumerate(found)]
     return Term(text, tuple(found), prefix, fields, case_sensitive, stem)
 
 
@@ -90,6 +90,8 @@ def make_regex(
         raise TermError("empty regex would match everything")
     try:
         compiled = rx.compile(pattern, 0 if case_sensitive else rx.IGNORECASE)
+    except (RecursionError, OverflowError) as exc:
+        raise TermError("regex is nested too deeply or too large to compile") from exc
     except rx.error as exc:
         # The stdlib points at where a broken construct starts ("missing ), unterminated
         # subpattern at position 0"); `regex` points at where it noticed. Prefer the former.

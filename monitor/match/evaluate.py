@@ -21,8 +21,8 @@ import regex as rx
 
 from monitor.match.explain import Hit
 from monitor.match.query import And, Near, Node, Not, Or, Regex, Term
-from monitor.match.stem import stemmer
-from monitor.match.text import raw_words, token_span, tokens, words
+from monitor.match.stem import stem_words
+from monitor.match.text import fold, raw_words, token_span, tokens, words
 from monitor.models import Item
 
 #: Seconds one regex search may take on one field before it counts as "no match".
@@ -71,7 +71,7 @@ class Fields:
         found = self._words.get(key)
         if found is None:
             if stem is not None:
-                found = list(map(stemmer(stem), self.words(name, case_sensitive)))
+                found = stem_words(stem, self.words(name, True))
             elif case_sensitive:
                 found = raw_words(self.text(name))
             else:
@@ -125,9 +125,11 @@ class Fields:
         return found
 
     def folded_text(self, name: str) -> str:
-        """The casefolded plain text (for regex literal checks)."""
+        """The folded plain text (for regex literal checks). Folded like words (accents and
+        all), not just casefolded: "İSTANBUL".casefold() keeps a combining dot that would hide
+        the literal "istanbul", which the regex itself matches case-insensitively."""
         if name not in self._folded:
-            self._folded[name] = self.text(name).casefold()
+            self._folded[name] = fold(self.text(name))
         return self._folded[name]
 
     def span(self, name: str, first: int, last: int) -> tuple[int, int]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Sequence
 from functools import cache, lru_cache
 
 import snowballstemmer
+
+from monitor.match.text import fold
 
 #: Codes accepted in `stem:`, mapped to snowball algorithm names.
 LANGUAGES: dict[str, str] = {
@@ -31,3 +34,20 @@ def stemmer(language: str) -> Callable[[str], str]:
     """
     algorithm = snowballstemmer.stemmer(LANGUAGES[language])
     return lru_cache(maxsize=CACHE_SIZE)(algorithm.stemWord)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def stem_word(language: str, token: str) -> str:
+    """The matching form of one raw token under `language`: stemmed, then folded.
+
+    Stemming comes before accent folding because stemmers need the letters their language
+    writes (Russian "войной" stems right only with its "й"); folding the stem afterwards keeps
+    matching accent-insensitive like everything else.
+    """
+    cased = unicodedata.normalize("NFC", token).casefold()
+    return fold(stemmer(language)(cased))
+
+
+def stem_words(language: str, tokens: Sequence[str]) -> list[str]:
+    """`stem_word` over raw tokens (from `text.raw_words`), positions kept."""
+    return [stem_word(language, token) for token in tokens]

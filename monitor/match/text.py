@@ -59,7 +59,9 @@ def fold(text: str) -> str:
 
 @lru_cache(maxsize=200_000)
 def _fold_token(token: str) -> str:
-    return fold(token)
+    # Compatibility forms can decompose to a space plus marks (U+FC5E): a token never holds
+    # whitespace, or phrase keys built from tokens would split wrongly.
+    return "".join(fold(token).split())
 
 
 @lru_cache(maxsize=200_000)

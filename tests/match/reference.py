@@ -1,7 +1,7 @@
 """A deliberately simple evaluator, one rule at a time, straight from the documented semantics.
 
 It shares nothing with the engine (no index, no caches, no `evaluate`) beyond tokenisation
-(`text.words`/`raw_words`) and stemming (`stem.stemmer`), and favours obviousness over speed.
+(`text.words`/`raw_words`) and stemming (`stem.stem_words`), and favours obviousness over speed.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from itertools import product
 
 from monitor.match.query import And, Near, Node, Not, Or, Regex, Term
-from monitor.match.stem import stemmer
+from monitor.match.stem import stem_words
 from monitor.match.text import raw_words, words
 from monitor.models import Item, Rule
 
@@ -18,7 +18,7 @@ from monitor.models import Item, Rule
 def term_starts(term: Term, text: str) -> list[int]:
     """Every token position where `term` starts in `text`, by brute force."""
     base = raw_words(text) if term.case_sensitive else words(text)
-    compared = [stemmer(term.stem)(w) for w in base] if term.stem else base
+    compared = stem_words(term.stem, raw_words(text)) if term.stem else base
     n = len(term.words)
     starts = []
     for i in range(len(base) - n + 1):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from monitor.match.matcher import Matcher
 from monitor.match.query import And, Near, Node, Not, Or, Regex, Term, regex
-from monitor.match.stem import stemmer
+from monitor.match.stem import stem_words
 from monitor.match.text import raw_words, words
 from monitor.models import FeedSpec, Item, Rule
 from tests.match.reference import matching, positive_hits
@@ -36,9 +36,8 @@ def terms(draw: st.DrawFn) -> Term:
         cut = draw(st.integers(1, len(found[-1])))
         found[-1] = found[-1][:cut]
     if stem:
-        found = [stemmer(stem)(w) for w in found[:-1]] + (
-            [found[-1]] if prefix else [stemmer(stem)(found[-1])]
-        )
+        stems = stem_words(stem, raw_words(written))
+        found = stems[:-1] + ([found[-1]] if prefix else [stems[-1]])
     scope = draw(st.sampled_from([None, None, None, ("title",), ("summary",)]))
     return Term(written, tuple(found), prefix, scope, cs, stem)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 
 from monitor.match.matcher import Matcher, hit_spans, snippet
 from monitor.match.query import And, Near, Node, Not, Or, Term, TermError, regex, structured, term
-from monitor.match.stem import stemmer
+from monitor.match.stem import stem_word
 from monitor.models import FeedScope, FeedSpec, Item, Rule
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -208,7 +209,7 @@ def test_case_sensitive_term_compares_raw_words() -> None:
 
 
 def test_stemmed_term_matches_inflections() -> None:
-    stem = stemmer("en")
+    stem = partial(stem_word, "en")
     r = node_rule(Term("sanction", (stem("sanction"),), stem="en"))
     for title in ("New sanctions", "Banks sanctioned", "A sanction"):
         assert matched(r, item(title))
@@ -216,7 +217,7 @@ def test_stemmed_term_matches_inflections() -> None:
 
 
 def test_stemmed_phrase_and_prefix() -> None:
-    stem = stemmer("en")
+    stem = partial(stem_word, "en")
     r = node_rule(Term("peace talk*", (stem("peace"), "talk"), prefix=True, stem="en"))
     assert matched(r, item("Peaceful talks"))  # "peaceful" does not stem to "peac"
     assert not matched(r, item("talks"))
@@ -265,3 +266,32 @@ def test_large_rule_set_evaluates_only_candidates() -> None:
     it = item("news about w17 and k4242")
     assert [r.name for r in matcher.candidates(it)] == ["r17", "r4242", "always"]
     assert [m.rule for m in matcher.match(WORLD, it)] == ["r17", "r4242", "always"]
+
+
+def _query_rule(query: str, **options: object) -> Rule:
+    from monitor.match.parse import parse_query
+
+    return node_rule(parse_query(query, **options))  # type: ignore[arg-type]
+
+
+def test_regex_literal_prefilter_sees_dotted_capital_i() -> None:
+    # "İSTANBUL".casefold() keeps a combining dot; the prefilter must still offer the rule.
+    assert matched(_query_rule("/istanbul/"), item("İSTANBUL talks"))
+    assert matched(_query_rule(r"/\bistanbul/"), item("İstanbul talks"))
+
+
+def test_russian_stemming_sees_the_letters_the_stemmer_needs() -> None:
+    # Stemming happens before accent folding: "й" must reach the Russian stemmer.
+    assert matched(_query_rule("Украина", stem="ru"), item("Переговоры с Украиной"))
+    assert matched(_query_rule("война", stem="ru"), item("Конфликт с войной"))
+
+
+def test_compatibility_characters_never_put_spaces_inside_tokens() -> None:
+    # U+FC5E decomposes to a space and marks; a phrase over such text must compile and run.
+    rules = (_query_rule('"foo abc\ufc5edef"'),)
+    Matcher(rules).match(WORLD, item("foo abc\ufc5edef"))
+
+
+def test_a_regex_nested_too_deeply_is_a_term_error() -> None:
+    with pytest.raises(TermError, match="nested too deeply"):
+        regex("(" * 400 + "a" + ")" * 400)
