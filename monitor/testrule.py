@@ -52,11 +52,11 @@ def test_item(rule: Rule, title: str, summary: str, content: str, out: TextIO) -
                 content=clean_text(content, CONTENT_LIMIT), seen_at=datetime.now(UTC))  # fmt: skip
     unscoped = dataclasses.replace(rule, feeds=FeedScope())
     matches = Matcher((unscoped,)).match(_ANY_FEED, item)
-    found, missing = _leaf_report(unscoped, item)
     if matches:
         print("match: yes", file=out)
         _print_match(matches[0], out)
         return MATCH
+    found, missing = _leaf_report(unscoped, item)
     print("match: no", file=out)
     print(f"  rule:      {rule.name}", file=out)
     print(f"  found:     {', '.join(found) or '-'}", file=out)
