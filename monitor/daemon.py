@@ -131,33 +131,17 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and dispatch on schedule until `stop` is set, then shut down cleanly."""
         jobs = AsyncIOScheduler(timezone=UTC)
-        jobs.add_job(
-            self.scheduler.tick,
-            "interval",
-            seconds=TICK,
-            id="claim-due-feeds",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=utcnow(),
-        )
-        jobs.add_job(
-            self._dispatch_job,
-            "interval",
-            seconds=TICK,
-            id="dispatch",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=utcnow(),
-        )
-        jobs.add_job(
-            self._prune,
-            "interval",
-            hours=1,
-            id="prune",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=utcnow(),
-        )
+        # Each job runs first at once, then on its interval; a run still going when the next
+        # is due is skipped, never stacked.
+        for job, every, name in (
+            (self.scheduler.tick, TICK, "claim-due-feeds"),
+            (self._dispatch_job, TICK, "dispatch"),
+            (self._prune, 3600.0, "prune"),
+        ):
+            jobs.add_job(
+                job, "interval", seconds=every, id=name,
+                max_instances=1, coalesce=True, next_run_time=utcnow(),
+            )  # fmt: skip
         jobs.start()
         log.info(
             "running: %d feeds, %d rules, %d channels, state %s",
