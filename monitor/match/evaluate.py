@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 
 import regex as rx
 
@@ -33,9 +32,8 @@ class Fields:
     """An item's fields, tokenised once (per normalisation) and shared by every rule."""
 
     __slots__ = (
-        "_distinct",
         "_folded",
-        "_pairs",
+        "_spaced",
         "_text",
         "_texts",
         "_words",
@@ -48,8 +46,7 @@ class Fields:
         self._texts: dict[str, str] = {}
         self._words: dict[tuple[str, bool, str | None], list[str]] = {}
         self._folded: dict[str, str] = {}
-        self._distinct: dict[tuple[tuple[str, ...], bool, str | None], set[str]] = {}
-        self._pairs: dict[tuple[tuple[str, ...], bool, str | None], set[tuple[str, str]]] = {}
+        self._spaced: dict[tuple[tuple[str, ...], bool, str | None], str] = {}
         #: (pattern, field) -> span of its first match, None when none.
         self.searched: dict[tuple[rx.Pattern[str], str], tuple[int, int] | None] = {}
         #: Regex terms that hit REGEX_TIMEOUT on this item (reported by the caller).
@@ -94,34 +91,14 @@ class Fields:
         span = self.searched[key] = None if found is None else found.span()
         return span
 
-    def distinct(self, name: str, case_sensitive: bool, stem: str | None) -> set[str]:
-        """The set of `words(...)` (for index lookups)."""
-        return self.distinct_in((name,), case_sensitive, stem)
-
-    def distinct_in(
-        self, names: tuple[str, ...], case_sensitive: bool, stem: str | None
-    ) -> set[str]:
-        """The set of `words(...)` over several fields at once (for index lookups)."""
+    def spaced(self, names: tuple[str, ...], case_sensitive: bool, stem: str | None) -> str:
+        """The `words(...)` of several fields joined by single spaces, fields apart by " \\n ",
+        with a space at both ends (scanned by the index for word, pair and prefix keys)."""
         key = (names, case_sensitive, stem)
-        found = self._distinct.get(key)
+        found = self._spaced.get(key)
         if found is None:
-            found = set(self.words(names[0], case_sensitive, stem))
-            for name in names[1:]:
-                found.update(self.words(name, case_sensitive, stem))
-            self._distinct[key] = found
-        return found
-
-    def pairs_in(
-        self, names: tuple[str, ...], case_sensitive: bool, stem: str | None
-    ) -> set[tuple[str, str]]:
-        """Every two consecutive `words(...)` of each of several fields (for index lookups)."""
-        key = (names, case_sensitive, stem)
-        found = self._pairs.get(key)
-        if found is None:
-            found = self._pairs[key] = set()
-            for name in names:
-                toks = self.words(name, case_sensitive, stem)
-                found.update(pairwise(toks))
+            joined = " \n ".join(" ".join(self.words(n, case_sensitive, stem)) for n in names)
+            found = self._spaced[key] = f" {joined} "
         return found
 
     def folded_text(self, name: str) -> str:
@@ -163,6 +140,17 @@ def occurrences(term: Term, fields: Fields, name: str) -> list[int]:
             return found
 
 
+def first_occurrence(term: Term, fields: Fields, name: str) -> int | None:
+    """The token position of the first occurrence of `term` in field `name`, None if none
+    (`occurrences(...)[0]` without finding the others: the single-word case is one C scan)."""
+    if term.prefix or len(term.words) > 1:
+        found = occurrences(term, fields, name)
+        return found[0] if found else None
+    toks = fields.words(name, term.case_sensitive, term.stem)
+    word = term.words[0]
+    return toks.index(word) if word in toks else None
+
+
 def near_window(near: Near, fields: Fields, name: str) -> tuple[int, int] | None:
     """Token span [start, end) of the first satisfying choice of occurrences in one field."""
     lists = [occurrences(t, fields, name) for t in near.terms]
@@ -190,9 +178,9 @@ def evaluate(node: Node, fields: Fields, names: Sequence[str], hits: list[Hit]) 
     if isinstance(node, Term):
         n, before = len(node.words), len(hits)
         for name in node.fields or names:
-            found = occurrences(node, fields, name)
-            if found:
-                hits.append((node.text, name, found[0], found[0] + n, False))
+            first = first_occurrence(node, fields, name)
+            if first is not None:
+                hits.append((node.text, name, first, first + n, False))
         return len(hits) > before
     if isinstance(node, And):
         local: list[Hit] = []

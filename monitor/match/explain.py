@@ -28,12 +28,21 @@ def explain(
 ) -> Match:
     """The Match for a rule that held, from the hits its evaluation collected.
 
-    `written` is `terms_of(rule.query)`, when the caller has it precomputed.
+    `written` is `terms_of(rule.query)` without repeats, when the caller has it precomputed.
     """
+    order = tuple(dict.fromkeys(terms_of(rule.query))) if written is None else written
     found = {hit[0] for hit in hits}
-    order = terms_of(rule.query) if written is None else written
-    terms = tuple(dict.fromkeys(t for t in order if t in found))
+    terms = tuple(t for t in order if t in found)
     hit_fields = {hit[1] for hit in hits}
+    if len(hit_fields) == 1:  # the common case: every hit in one field
+        name = hits[0][1]
+        return Match(
+            rule=rule.name,
+            terms=terms,
+            fields=(name,),
+            channels=rule.notify,
+            snippet=_snippet_in(name, hits, fields),
+        )
     extra = [f for f in PREFERRED if f in hit_fields and f not in rule.fields]
     return Match(
         rule=rule.name,
@@ -47,15 +56,19 @@ def explain(
 def _first_snippet(hits: list[Hit], fields: Fields) -> str:
     if not hits:
         return snippet(fields.text("title") or fields.text("summary"), 0, 0)
-    name = min({hit[1] for hit in hits}, key=PREFERRED.index)
-    text = fields.text(name)
-    if len(text.strip()) <= SNIPPET:  # shown whole: no need to locate the hit
-        return text.strip()
+    return _snippet_in(min({hit[1] for hit in hits}, key=PREFERRED.index), hits, fields)
+
+
+def _snippet_in(name: str, hits: list[Hit], fields: Fields) -> str:
+    """The snippet around the first hit in field `name`."""
+    text = fields.text(name).strip()
+    if len(text) <= SNIPPET:  # shown whole: no need to locate the hit
+        return text
     first = min((start, end, in_chars) for _, f, start, end, in_chars in hits if f == name)
     start, end, in_chars = first
     if not in_chars:
         start, end = fields.span(name, start, end - 1)
-    return snippet(text, start, end)
+    return snippet(fields.text(name), start, end)
 
 
 def snippet(text: str, start: int, end: int, width: int = SNIPPET) -> str:

@@ -6,16 +6,16 @@ prefix; AND: the best child's set; OR: the union of its children's; NEAR: its be
 NOT and regexes without a required literal have none: rules whose truth does not need any
 positive key are always evaluated.
 
-Words, pairs and prefixes are looked up in token-level dicts: items are tokenised anyway (for
-phrases and explanations), and one C-level `dict.keys() & set(tokens)` finds every exact word at
-once, `dict.keys() & set(pairwise(tokens))` every pair. Fields whose tables are identical (the
-common case: every rule on title and summary) are looked up together, over the union of their
-tokens. Prefixes are bucketed by their first characters.
+Words, pairs and prefixes are found by one pyahocorasick automaton (dependency:
+pyahocorasick>=2.0) per group of fields with identical keys (the common case: every rule on
+title and summary, one group): the item's tokens, already made for phrases and explanations,
+are joined by single spaces, and the automaton holds " word ", " first second " and " prefix".
+One C-level scan finds every key the item holds, whatever the number of rules; the earlier
+per-token prefix loop cost a dict lookup per token and prefix length.
 
 A regex's required literal (found with the stdlib parser) must occur in the casefolded field
-text. All literals go into ONE pyahocorasick automaton (dependency: pyahocorasick>=2.0): a
-single C-level scan per item, instead of one `literal in text` per literal, whose cost grew
-with the number of regex rules.
+text. All literals go into one more automaton: a single C-level scan per item, instead of one
+`literal in text` per literal, whose cost grew with the number of regex rules.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 _parser: Any = importlib.import_module("re._parser")
 _const: Any = importlib.import_module("re._constants")
-#: pyahocorasick (no type stubs): one automaton over every regex literal.
+#: pyahocorasick (no type stubs): the automata over word keys and over regex literals.
 _ahocorasick: Any = importlib.import_module("ahocorasick")
 
 #: ("w" word | "b" two consecutive words, space-joined | "p" prefix | "l" regex literal |
@@ -45,7 +45,8 @@ _ahocorasick: Any = importlib.import_module("ahocorasick")
 #:  using the pattern), field, case_sensitive, stem, text).
 Key = tuple[str, str, bool, str | None, str]
 _Kind = tuple[str, bool, str | None]
-#: Literals shorter than this filter too little to be worth a check: such regexes always run.
+#: Literals shorter than this would flood the literal automaton with hits: regexes with only
+#: such literals are searched on every item whose field holds one of them (a plain `in`).
 MIN_LITERAL = 3
 # Constructs the stdlib parser reads differently from `regex` (fuzzy `{e<=1}`, nested sets)
 # or warns about: patterns containing them are always evaluated.
@@ -117,8 +118,9 @@ def _best(options: Iterable[frozenset[Key] | None]) -> frozenset[Key] | None:
     return min(usable, key=_score) if usable else None
 
 
-def required_literals(pattern: rx.Pattern[str]) -> list[str] | None:
-    """Casefolded strings one of which every match of `pattern` contains, or None."""
+def required_literals(pattern: rx.Pattern[str], shortest: int = MIN_LITERAL) -> list[str] | None:
+    """Casefolded strings, each at least `shortest` long, one of which every match of
+    `pattern` contains; None when there are none."""
     if pattern.flags & rx.V1 or _FOREIGN.search(pattern.pattern):
         return None
     try:
@@ -126,7 +128,7 @@ def required_literals(pattern: rx.Pattern[str]) -> list[str] | None:
     except (re.error, RecursionError, OverflowError):
         return None
     found = _required(parsed)
-    if found is None or min(len(lit) for lit in found) < MIN_LITERAL:
+    if found is None or min(len(lit) for lit in found) < shortest:
         return None
     return found
 
@@ -168,9 +170,7 @@ class Index:
     """Trigger keys of every rule, looked up per item; pure once built (shareable by threads)."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        words: dict[_Kind, dict[str, list[int]]] = defaultdict(dict)
-        pairs: dict[_Kind, dict[tuple[str, str], list[int]]] = defaultdict(dict)
-        prefixes: dict[tuple[str, bool], dict[str, list[int]]] = defaultdict(dict)
+        tables: dict[_Kind, dict[str, list[int]]] = defaultdict(dict)
         literals: dict[str, list[int]] = {}
         literal_fields: set[str] = set()
         searches: dict[str, dict[str, list[int]]] = defaultdict(dict)
@@ -182,16 +182,9 @@ class Index:
                 always.append(i)
                 continue
             for kind, field, cs, stem, text in keys:
-                if kind == "w":
-                    table = words[field, cs, stem]
-                elif kind == "b":
-                    first, second = text.split(" ")
-                    ids = pairs[field, cs, stem].setdefault((first, second), [])
-                    if not ids or ids[-1] != i:
-                        ids.append(i)
-                    continue
-                elif kind == "p":
-                    table = prefixes[field, cs]
+                if kind in _SPELLING:
+                    table = tables[field, cs, stem]
+                    text = _SPELLING[kind].format(text)
                 elif kind == "l":  # one check over all literal fields' text: a superset
                     table = literals
                     literal_fields.add(field)
@@ -203,16 +196,11 @@ class Index:
                 if not ids or ids[-1] != i:
                     ids.append(i)
         self.always: tuple[int, ...] = tuple(always)
-        self._lookups = _lookups(words, pairs, prefixes)
-        self._literals: Any = None
-        if literals:
-            self._literals = _ahocorasick.Automaton()
-            for literal, ids in literals.items():
-                self._literals.add_word(literal, tuple(ids))
-            self._literals.make_automaton()
+        self._lookups = _lookups(tables)
+        self._literals = _automaton(literals) if literals else None
         self._literal_fields = tuple(sorted(literal_fields))
         self._searches = [
-            (field, [(patterns[text], text, ids) for text, ids in table.items()])
+            (field, [_search(patterns[text], text, ids) for text, ids in table.items()])
             for field, table in searches.items()
         ]
 
@@ -220,107 +208,70 @@ class Index:
         """Indexes (config order) of the rules that may hold on the item behind `fields`."""
         found = set(self.always)
         update = found.update
-        for names, cs, stem, table, bigrams, short, buckets in self._lookups:
-            distinct = fields.distinct_in(names, cs, stem)
-            if table is not None:
-                for word in table.keys() & distinct:
-                    update(table[word])
-            if bigrams is not None:
-                for pair in bigrams.keys() & fields.pairs_in(names, cs, stem):
-                    update(bigrams[pair])
-            if buckets is not None or short is not None:
-                _prefixed(distinct, buckets or {}, short or {}, update)
+        for names, cs, stem, automaton in self._lookups:
+            for _, ids in automaton.iter(fields.spaced(names, cs, stem)):
+                update(ids)
         if self._literals is not None:
             text = "\n".join(map(fields.folded_text, self._literal_fields))
             for _, ids in self._literals.iter(text):
                 update(ids)
         for name, searches in self._searches:
-            for pattern, label, ids in searches:
+            for pattern, label, guard, ids in searches:
+                if guard and not any(map(fields.folded_text(name).__contains__, guard)):
+                    continue
                 if fields.search(pattern, name, label) is not None:
                     update(ids)
         return sorted(found)
 
 
-def _prefixed(
-    distinct: set[str],
-    buckets: dict[str, list[tuple[str, list[int]]]],
-    short: dict[int, dict[str, list[int]]],
-    update: Any,
-) -> None:
-    """Rules with a prefix that starts one of the words: one pass over the words, one dict
-    lookup each (plus one per short-prefix length), no per-item set of heads."""
-    get = buckets.get
-    for word in distinct:
-        entries = get(word[:_BUCKET])
-        if entries is not None:
-            for prefix, ids in entries:
-                if word.startswith(prefix):
-                    update(ids)
-        for length, heads in short.items():
-            found = heads.get(word[:length])
-            if found is not None:
-                update(found)
+def _search(pattern: rx.Pattern[str], label: str, ids: list[int]) -> _Search:
+    """A regex searched per item, guarded by its short literals if it has any (too short for
+    the automaton, whose hits they would flood, but a C-level `in` is cheaper than a search)."""
+    return pattern, label, tuple(required_literals(pattern, 1) or ()), ids
 
 
-#: One lookup: fields whose tables are identical (their tokens are looked up together), case
-#: sensitivity, stemmer, word table, pair table ((first, second) -> ids), prefix tables (short,
-#: bucketed; see `_buckets`).
-_Lookup = tuple[
-    tuple[str, ...],
-    bool,
-    "str | None",
-    "dict[str, list[int]] | None",
-    "dict[tuple[str, str], list[int]] | None",
-    "dict[int, dict[str, list[int]]] | None",
-    "dict[str, list[tuple[str, list[int]]]] | None",
-]
+#: (pattern, its key, short literals one of which the folded field must hold, rule ids).
+_Search = tuple[rx.Pattern[str], str, tuple[str, ...], list[int]]
 
 
-def _lookups(
-    words: dict[_Kind, dict[str, list[int]]],
-    pairs: dict[_Kind, dict[tuple[str, str], list[int]]],
-    prefixes: dict[tuple[str, bool], dict[str, list[int]]],
-) -> list[_Lookup]:
+#: How word, pair and prefix keys are spelled in a lookup automaton, which scans the item's
+#: tokens joined by single spaces (fields apart by " \n "): a word or a pair is a whole run of
+#: tokens, a prefix the start of one. Tokens never hold whitespace, so these cannot misfire.
+_SPELLING = {"w": " {} ", "b": " {} ", "p": " {}"}
+
+
+def _automaton(table: dict[str, list[int]]) -> Any:
+    automaton = _ahocorasick.Automaton()
+    for text, ids in table.items():
+        automaton.add_word(text, tuple(ids))
+    automaton.make_automaton()
+    return automaton
+
+
+#: One lookup: fields whose tables are identical (scanned together), case sensitivity,
+#: stemmer, and the automaton over their word, pair and prefix keys.
+_Lookup = tuple[tuple[str, ...], bool, "str | None", Any]
+
+
+def _lookups(tables: dict[_Kind, dict[str, list[int]]]) -> list[_Lookup]:
     """Per (case, stem): the fields grouped by identical tables, so that in the common case
-    (every rule on title and summary) each token is looked up once for all its fields."""
-    kinds = {(cs, stem) for _, cs, stem in (*words, *pairs)} | {(cs, None) for _, cs in prefixes}
-    names = sorted({key[0] for key in words} | {key[0] for key in pairs} | {f for f, _ in prefixes})
-    found: list[_Lookup] = []
-    for cs, stem in sorted(kinds, key=lambda k: (k[0], k[1] or "")):
-        groups: list[tuple[list[str], tuple[Any, Any, Any]]] = []
-        for name in names:
-            tables = (
-                words.get((name, cs, stem)),
-                pairs.get((name, cs, stem)),
-                prefixes.get((name, cs)) if stem is None else None,
-            )
-            if tables == (None, None, None):
-                continue
-            for group, same in groups:
-                if same == tables:
-                    group.append(name)
-                    break
-            else:
-                groups.append(([name], tables))
-        for group, (table, bigrams, prefix_table) in groups:
-            short, buckets = _buckets(prefix_table) if prefix_table else (None, None)
-            found.append((tuple(group), cs, stem, table, bigrams, short or None, buckets or None))
-    return found
-
-
-#: Prefixes are bucketed by their first characters: one dict lookup per distinct token.
-_BUCKET = 4
-_Entries = list[tuple[str, list[int]]]
-_Table = dict[str, list[int]]
-
-
-def _buckets(table: dict[str, list[int]]) -> tuple[dict[int, _Table], dict[str, _Entries]]:
-    """(prefixes shorter than _BUCKET by length, the others by their first _BUCKET chars)."""
-    short: dict[int, _Table] = defaultdict(dict)
-    buckets: dict[str, _Entries] = defaultdict(list)
-    for prefix, ids in table.items():
-        if len(prefix) < _BUCKET:
-            short[len(prefix)][prefix] = ids
+    (every rule on title and summary) one scan covers every field."""
+    groups: dict[tuple[bool, str | None], list[tuple[list[str], dict[str, list[int]]]]] = {}
+    for (name, cs, stem), table in sorted(tables.items(), key=lambda kv: _order(kv[0])):
+        kind = groups.setdefault((cs, stem), [])
+        for group, same in kind:
+            if same == table:
+                group.append(name)
+                break
         else:
-            buckets[prefix[:_BUCKET]].append((prefix, ids))
-    return dict(short), dict(buckets)
+            kind.append(([name], table))
+    return [
+        (tuple(names), cs, stem, _automaton(table))
+        for (cs, stem), kind in groups.items()
+        for names, table in kind
+    ]
+
+
+def _order(kind: _Kind) -> tuple[str, bool, str]:
+    name, cs, stem = kind
+    return name, cs, stem or ""

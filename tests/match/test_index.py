@@ -87,3 +87,19 @@ def test_pairs_do_not_span_fields_and_literals_share_one_scan() -> None:
     assert index.candidates(fields("Peace talks", "dead end")) == [0, 3]
     assert index.candidates(fields("COVID19", "sanctioned")) == [1, 2]
     assert index.candidates(fields("x", "sanction covid-19 sanction")) == [1, 2]
+
+
+def test_prefixes_match_word_starts_only_and_short_literals_guard_searches() -> None:
+    rules = [
+        Rule("prefix", structured(any_=["sanction*"])),
+        Rule("code", structured(regexes=[r"\b[A-Z]{3}-\d{3}\b"])),
+        Rule("anchored", structured(regexes=[r"^\d+$"])),
+    ]
+    index = Index(rules)
+    assert required_literals(rules[1].query.pattern, 1) == ["-"]  # type: ignore[attr-defined]
+    assert index.candidates(fields("sanctioned", "")) == [0]
+    assert index.candidates(fields("desanction", "unsanctioned")) == []
+    # no "-" in either field: the code regex is not even searched
+    assert index.candidates(fields("ABC 123", "x")) == []
+    assert index.candidates(fields("x", "flight ABC-123 landed")) == [1]
+    assert index.candidates(fields("x", "2026")) == [2]  # no literal at all: always searched
