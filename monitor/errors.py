@@ -7,7 +7,8 @@
     ├── ParseError           fetched bytes are not a usable feed (not a feed, invalid JSON Feed)
     ├── StoreError           the state store failed or refused (locked by another instance)
     └── DeliveryError        a channel could not send; `permanent` says whether to retry
-        └── ChannelError     the whole channel is unusable (bad credentials, bot removed)
+        ├── TargetError      one destination refuses us (bot blocked in a chat, chat gone)
+        └── ChannelError     the whole channel is unusable (bad credentials)
 
 Adapters catch their libraries' exceptions and raise these `from exc`; loops over feeds and
 deliveries catch `MonitorError` per unit, so one failure never stops the others.
@@ -91,6 +92,15 @@ class DeliveryError(MonitorError):
         self.permanent = permanent
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class TargetError(DeliveryError):
+    """One destination of a channel refuses us until the config changes (the bot was blocked
+    or removed from a chat, the chat does not exist): this delivery fails for good, and the
+    destination is paused; the channel's other destinations go on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
 
 
 class ChannelError(DeliveryError):

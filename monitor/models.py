@@ -275,7 +275,7 @@ class DeliveryStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One alert bound for one channel: a row of the outbox."""
+    """One alert bound for one destination of one channel: a row of the outbox."""
 
     #: Store-assigned id, unique per store.
     id: int
@@ -291,6 +291,8 @@ class Delivery:
     last_error: str = ""
     #: When the row was written.
     created_at: datetime | None = None
+    #: The destination within the channel (a Telegram chat id); "" for a channel's only one.
+    target: str = ""
 
 
 @dataclass(frozen=True, slots=True)
