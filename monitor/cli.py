@@ -1,4 +1,4 @@
-"""The `monitor` command line: check, once, run."""
+"""The `monitor` command line: check, once, run, test-rule, test-notify."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from monitor import __version__, logs, testrule
+from monitor import __version__, logs, testnotify, testrule
 from monitor.config import find_config, load_config
 from monitor.daemon import Daemon, OnceReport
 from monitor.errors import ConfigError, MonitorError, StoreError
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Poll feeds on schedule and deliver alerts until stopped.",
     )
     testrule.add_parser(commands, common)
+    testnotify.add_parser(commands, common)
     return parser
 
 
@@ -74,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
     if args.command == "test-rule":
         return testrule.main(args)
+    if args.command == "test-notify":
+        return testnotify.main(args)
     try:
         config = load_config(find_config(args.config))
     except ConfigError as exc:

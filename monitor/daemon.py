@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import random
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,13 +19,17 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor import __version__
+from monitor.commands import CommandContext
 from monitor.dispatch import Dispatcher, DispatchStats
-from monitor.errors import ConfigError, ConfigProblem
+from monitor.errors import ChannelError, ConfigError, ConfigProblem
 from monitor.match.matcher import Matcher
-from monitor.models import ChannelSpec, Config
+from monitor.models import ChannelSpec, Config, Rule
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.jsonl import JsonlNotifier
+from monitor.notify.pace import Pacer
 from monitor.notify.protocol import Notifier
+from monitor.notify.telegram import TelegramNotifier, settings_of
+from monitor.notify.telegram_updates import CommandListener
 from monitor.pipeline import Poller, PollOutcome
 from monitor.scheduler import PollScheduler
 from monitor.sources.http import HttpFetcher
@@ -45,12 +50,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def build_notifier(spec: ChannelSpec, tz: ZoneInfo) -> Notifier:
-    """The notifier for a channel type."""
+def build_notifier(
+    spec: ChannelSpec,
+    tz: ZoneInfo,
+    rules: Sequence[Rule] = (),
+    pacers: dict[str, Pacer] | None = None,
+) -> Notifier:
+    """The notifier for a channel type. Telegram channels sharing a bot share its pacer
+    (`pacers`, by token): Telegram's limits are per bot."""
     if spec.type == "console":
         return ConsoleNotifier(spec, tz)
     if spec.type == "jsonl":
         return JsonlNotifier(spec)
+    if spec.type == "telegram":
+        token = settings_of(spec).token
+        pacer = Pacer() if pacers is None else pacers.setdefault(token, Pacer())
+        return TelegramNotifier(spec, tz, {r.name: r for r in rules}, pacer)
     raise ConfigError(
         [ConfigProblem("", 0, f"channels.{spec.name}", f"unknown type {spec.type!r}")]
     )
@@ -76,6 +91,8 @@ class Daemon:
         self._rng = random.Random()
         self._dispatch_task: asyncio.Task[None] | None = None
         self._dispatch_again = False
+        self._pacers: dict[str, Pacer] = {}
+        self._notifiers: dict[str, Notifier] = {}
         self.scheduler: PollScheduler
         self.dispatcher: Dispatcher
 
@@ -92,9 +109,12 @@ class Daemon:
             parser = await stack.enter_async_context(ParsePool(workers=min(2, os.cpu_count() or 1)))
             notifiers = {}
             for spec in self.config.channels:
-                notifiers[spec.name] = await stack.enter_async_context(
-                    build_notifier(spec, self.tz)
-                )
+                notifier = build_notifier(spec, self.tz, self.config.rules, self._pacers)
+                try:
+                    notifiers[spec.name] = await stack.enter_async_context(notifier)
+                except ChannelError as exc:  # e.g. a rejected bot token: fail fast
+                    problem = ConfigProblem("", 0, f"channels.{spec.name}", str(exc))
+                    raise ConfigError([problem]) from None
         except BaseException:
             await stack.aclose()
             raise
@@ -109,11 +129,32 @@ class Daemon:
             policy=policy,
             clock=utcnow,
             rng=self._rng,
+            targets={c.name: c.targets for c in self.config.channels if c.targets},
         )
         feeds = {f.name: f for f in self.config.feeds}
         self.scheduler = PollScheduler(poller, feeds, policy.concurrency, utcnow, self._polled)
         self.dispatcher = Dispatcher(self.store, notifiers, self.config.delivery, utcnow, self._rng)
+        self._notifiers = notifiers
         return self
+
+    def command_listeners(self) -> list[CommandListener]:
+        """One listener per bot token with commands enabled, allowing the union of the
+        allow lists of the channels on that bot."""
+        ctx = CommandContext(self.store, self.config.rules, utcnow, self.tz, self.dispatcher)
+        bots: dict[str, tuple[TelegramNotifier, set[str]]] = {}
+        for name, notifier in self._notifiers.items():
+            if not isinstance(notifier, TelegramNotifier):
+                continue
+            settings = notifier.settings
+            if settings.commands is None:
+                continue
+            _, allow = bots.setdefault(settings.token, (notifier, set()))
+            allow.update(settings.commands.allow)
+            log.info("answering bot commands", extra={"channel": name})
+        return [
+            CommandListener(n.bot, token, allow, ctx, self._pacers.setdefault(token, Pacer()))
+            for token, (n, allow) in bots.items()
+        ]
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
@@ -143,6 +184,10 @@ class Daemon:
                 max_instances=1, coalesce=True, next_run_time=utcnow(),
             )  # fmt: skip
         jobs.start()
+        listeners = [
+            asyncio.get_running_loop().create_task(listener.run())
+            for listener in self.command_listeners()
+        ]
         log.info(
             "running: %d feeds, %d rules, %d channels, state %s",
             len(self.config.feeds),
@@ -156,6 +201,9 @@ class Daemon:
         finally:
             log.info("shutting down")
             jobs.shutdown(wait=False)
+            for task in listeners:
+                task.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
             # One grace period for everything in flight: polls and the sends of each channel
             # finish together, or stay pending for the next start.
             deadline = asyncio.get_running_loop().time() + GRACE

@@ -6,7 +6,7 @@ a match becomes an alert now, taking `now` and data and doing no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 from monitor.models import Alert, FirstFetch, Item, Match
@@ -39,12 +39,16 @@ def _newest(items: Sequence[Item], n: int) -> list[Item]:
 
 
 def alerts_for(
-    items: Sequence[Item], matches: Mapping[str, Sequence[Match]], now: datetime
+    items: Sequence[Item],
+    matches: Mapping[str, Sequence[Match]],
+    now: datetime,
+    muted: Collection[str] = (),
 ) -> list[Alert]:
-    """One alert per item that matched a rule notifying at least one channel."""
+    """One alert per item that matched a rule notifying at least one channel; matches of
+    `muted` rules (a bot's /mute) do not count."""
     result = []
     for item in items:
-        found = tuple(m for m in matches.get(item.key, ()) if m.channels)
+        found = tuple(m for m in matches.get(item.key, ()) if m.channels and m.rule not in muted)
         if not found:
             continue
         result.append(

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from monitor.errors import ChannelError, DeliveryError
+from monitor.errors import ChannelError, DeliveryError, TargetError
 from monitor.models import Delivery, DeliveryPolicy
-from monitor.notify.protocol import Notifier
+from monitor.notify.protocol import GroupingNotifier, Notifier
 from monitor.store.protocol import Store
 
 log = logging.getLogger("monitor.dispatch")
@@ -48,9 +48,15 @@ class Dispatcher:
     """Sends due deliveries for every channel it has a notifier for.
 
     `run_once()` drains what is due now and returns; the daemon calls it on a short interval.
-    A channel that raised `ChannelError` is paused until the process restarts with a changed
-    config; its remaining deliveries stay pending (nothing is lost). A `retry_after` hint
-    pauses that channel until the hinted time.
+    Pauses, all in memory (a restart or a config change tries again):
+    - a channel that raised `ChannelError` is paused as a whole; its deliveries stay pending;
+    - a destination (`Delivery.target`, e.g. one Telegram chat) that raised `TargetError` is
+      paused, its delivery failed, its later ones kept pending; the channel's other
+      destinations go on;
+    - a `retry_after` hint pauses that destination until the hinted time, then it resumes
+      with the same delivery; nothing is counted as failed.
+    A grouping notifier (`GroupingNotifier`) gets the deliveries due at once for one target as
+    one grouped message when there are more than its `group_threshold`.
     """
 
     def __init__(
@@ -66,13 +72,21 @@ class Dispatcher:
         self._policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
-        self._resume_at: dict[str, datetime] = {}
+        self._resume_at: dict[tuple[str, str], datetime] = {}
+        #: Channels paused as a whole: name -> why.
         self.paused: dict[str, str] = {}
+        #: Destinations paused until the config changes: (channel, target) -> why.
+        self.blocked: dict[tuple[str, str], str] = {}
         self._stopping = False
 
     def stop(self) -> None:
         """Finish the send in flight on each channel, then claim nothing more."""
         self._stopping = True
+
+    def waiting(self, channel: str) -> dict[str, datetime]:
+        """Destinations of `channel` waiting out a "retry after" hint: target -> until when."""
+        now = self._clock()
+        return {t: at for (c, t), at in self._resume_at.items() if c == channel and at > now}
 
     async def run_once(self) -> DispatchStats:
         stats = DispatchStats()
@@ -86,69 +100,110 @@ class Dispatcher:
             log.exception("dispatch stopped for this pass", extra={"channel": channel})
 
     async def _drain_channel(self, channel: str, stats: DispatchStats) -> None:
-        while not self._stopping and self._ready(channel):
-            batch = await self._store.claim_deliveries(channel, self._clock(), BATCH, LEASE)
+        notifier = self._notifiers[channel]
+        while not self._stopping and channel not in self.paused:
+            batch = await self._store.claim_deliveries(
+                channel, self._clock(), BATCH, LEASE, skip_targets=self._skipped(channel)
+            )
             if not batch:
                 return
-            for i, delivery in enumerate(batch):
-                if self._stopping or not self._ready(channel):
-                    # Hand back what was claimed but not tried, so it is not held by a lease.
-                    await self._store.release_deliveries([d.id for d in batch[i:]])
-                    return
-                await self._send(self._notifiers[channel], delivery, stats)
+            for target, rows in _by_target(batch).items():
+                await self._drain_target(notifier, channel, target, rows, stats)
 
-    def _ready(self, channel: str) -> bool:
-        if channel in self.paused:
+    async def _drain_target(
+        self,
+        notifier: Notifier,
+        channel: str,
+        target: str,
+        rows: list[Delivery],
+        stats: DispatchStats,
+    ) -> None:
+        grouping = isinstance(notifier, GroupingNotifier) and notifier.group_threshold > 0
+        group = grouping and len(rows) > getattr(notifier, "group_threshold", 0)
+        while rows:
+            if self._stopping or not self._ready(channel, target):
+                # Hand back what was claimed but not tried, so it is not held by a lease.
+                await self._store.release_deliveries([d.id for d in rows])
+                return
+            done = await self._attempt(notifier, rows if group else rows[:1], stats)
+            rows = rows[done:]
+
+    def _skipped(self, channel: str) -> list[str]:
+        now = self._clock()
+        return sorted(
+            {t for (c, t) in self.blocked if c == channel}
+            | {t for (c, t), at in self._resume_at.items() if c == channel and at > now}
+        )
+
+    def _ready(self, channel: str, target: str) -> bool:
+        if channel in self.paused or (channel, target) in self.blocked:
             return False
-        resume = self._resume_at.get(channel)
+        resume = self._resume_at.get((channel, target))
         return resume is None or resume <= self._clock()
 
-    async def _send(self, notifier: Notifier, delivery: Delivery, stats: DispatchStats) -> None:
-        channel = delivery.channel
+    async def _attempt(self, notifier: Notifier, rows: list[Delivery], stats: DispatchStats) -> int:
+        """One message for `rows` (one delivery, or a group); returns how many it settled."""
+        first = rows[0]
+        channel, target = first.channel, first.target
+        where = {"channel": channel, "delivery": first.id, "target": target or None}
         try:
-            await notifier.send(delivery)
-        except ChannelError as exc:
-            # The channel, not this alert, is broken: keep the delivery pending so it goes out
-            # once the channel is fixed (config change and restart).
-            self.paused[channel] = str(exc)
-            log.error(
-                "channel paused until its config changes: %s",
-                exc,
-                extra={"channel": channel, "delivery": delivery.id},
-            )
-            await self._store.release_deliveries([delivery.id])
-        except DeliveryError as exc:
-            if exc.permanent:
-                await self._fail(delivery, str(exc), stats)
+            if len(rows) == 1:
+                await notifier.send(first)
+                done = 1
             else:
-                await self._retry(delivery, str(exc), exc.retry_after, stats)
+                assert isinstance(notifier, GroupingNotifier)
+                done = max(1, min(await notifier.send_group(rows), len(rows)))
+        except ChannelError as exc:
+            # The channel, not this alert, is broken: keep the deliveries pending so they go
+            # out once the channel is fixed (config change and restart).
+            self.paused[channel] = str(exc)
+            log.error("channel paused until its config changes: %s", exc, extra=where)
+            await self._store.release_deliveries([d.id for d in rows])
+            return len(rows)
+        except TargetError as exc:
+            self.blocked[channel, target] = str(exc)
+            log.error("destination paused until the config changes: %s", exc, extra=where)
+            for delivery in rows:
+                await self._fail(delivery, str(exc), stats)
+            return len(rows)
+        except DeliveryError as exc:
+            for delivery in rows:
+                if exc.permanent:
+                    await self._fail(delivery, str(exc), stats)
+                else:
+                    await self._retry(delivery, str(exc), exc.retry_after, stats)
+            return len(rows)
         except Exception as exc:  # a notifier bug must not lose the alert
-            log.exception("notifier crashed", extra={"channel": channel, "delivery": delivery.id})
-            await self._retry(delivery, f"internal error: {type(exc).__name__}: {exc}", None, stats)
+            log.exception("notifier crashed", extra=where)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            for delivery in rows:
+                await self._retry(delivery, error, None, stats)
+            return len(rows)
+        now = self._clock()
+        for delivery in rows[:done]:
+            await self._store.mark_sent(delivery.id, now)
+        stats.sent += done
+        stats.by_channel[channel] = stats.by_channel.get(channel, 0) + done
+        if done > 1:
+            log.info("sent %d alerts as one grouped message", done, extra=where)
         else:
-            await self._store.mark_sent(delivery.id, self._clock())
-            stats.sent += 1
-            stats.by_channel[channel] = stats.by_channel.get(channel, 0) + 1
-            log.debug("delivery sent", extra={"channel": channel, "delivery": delivery.id})
+            log.debug("delivery sent", extra=where)
+        return done
 
     async def _retry(
         self, delivery: Delivery, error: str, retry_after: float | None, stats: DispatchStats
     ) -> None:
         now = self._clock()
+        where = {"channel": delivery.channel, "delivery": delivery.id}
         if retry_after is not None:
             # "Slow down" is not a failure of this alert: wait exactly as asked, count nothing.
             retry_at = now + timedelta(seconds=retry_after)
-            self._resume_at[delivery.channel] = retry_at
+            self._resume_at[delivery.channel, delivery.target] = retry_at
             await self._store.mark_retry(
                 delivery.id, error, now=now, retry_at=retry_at, attempt=False
             )
             stats.retried += 1
-            log.warning(
-                "channel asked to wait %gs: %s",
-                retry_after,
-                error,
-                extra={"channel": delivery.channel, "delivery": delivery.id},
-            )
+            log.warning("channel asked to wait %gs: %s", retry_after, error, extra=where)
             return
         attempts = delivery.attempts + 1
         if attempts >= self._policy.max_attempts:
@@ -161,7 +216,7 @@ class Dispatcher:
             "delivery failed, will retry at %s: %s",
             retry_at.isoformat(timespec="seconds"),
             error,
-            extra={"channel": delivery.channel, "delivery": delivery.id, "attempt": attempts},
+            extra={**where, "attempt": attempts},
         )
 
     async def _fail(self, delivery: Delivery, error: str, stats: DispatchStats) -> None:
@@ -172,3 +227,11 @@ class Dispatcher:
             error,
             extra={"channel": delivery.channel, "delivery": delivery.id},
         )
+
+
+def _by_target(batch: list[Delivery]) -> dict[str, list[Delivery]]:
+    """The batch per destination, in order of first appearance, each oldest first."""
+    found: dict[str, list[Delivery]] = {}
+    for delivery in batch:
+        found.setdefault(delivery.target, []).append(delivery)
+    return found

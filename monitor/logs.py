@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 #: `extra` keys rendered on each line, in this order.
-FIELDS = ("feed", "channel", "delivery", "rule", "attempt", "status")
+FIELDS = ("feed", "channel", "target", "delivery", "rule", "attempt", "status", "user")
 
 _TOKEN = re.compile(r"bot\d{3,}:[A-Za-z0-9_-]{20,}")
 _USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
@@ -43,7 +43,7 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        fields = {k: getattr(record, k) for k in FIELDS if hasattr(record, k)}
+        fields = {k: v for k in FIELDS if (v := getattr(record, k, None)) is not None}
         trace = self.formatException(record.exc_info) if record.exc_info else ""
         when = datetime.fromtimestamp(record.created, UTC)
         if self._json:

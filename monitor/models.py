@@ -301,10 +301,46 @@ class ChannelSpec:
 
     #: Channel name from the config.
     name: str
-    #: Notifier type: "console", "jsonl" (later "telegram", "email").
+    #: Notifier type: "console", "jsonl", "telegram" (later "email").
     type: str
     #: Type-specific settings, already validated (paths resolved, secrets substituted).
     options: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+    #: Destinations that each get their own delivery (Telegram chat ids); () for one.
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BotCommands:
+    """Bot commands (/status, /mute ...) answered in a channel's chats."""
+
+    #: User or chat ids whose commands are answered; everyone else is ignored (and logged).
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramSettings:
+    """A `telegram` channel, validated (`ChannelSpec.options["telegram"]`)."""
+
+    #: Bot token from @BotFather (a secret: never logged).
+    token: str = field(repr=False)
+    #: Chat ids ("-1001234567890", "123456") or public "@channel" names; each a target.
+    chats: tuple[str, ...]
+    #: Bot API server root; the daemon appends /bot<token>/<method>.
+    api_url: str = "https://api.telegram.org"
+    #: Forum topic to post in, when set.
+    message_thread_id: int | None = None
+    #: Turn off link previews (feed links are not ours to preview).
+    disable_web_page_preview: bool = True
+    #: Send without a notification sound.
+    silent: bool = False
+    #: Jinja2 template source for one alert (HTML parse mode); None for the built-in one.
+    template: str | None = None
+    #: More alerts than this due at once for a chat go as one grouped message; 0: never.
+    group_threshold: int = 5
+    #: How long one Bot API request may take before it counts as failed.
+    timeout: timedelta = timedelta(seconds=20)
+    #: Bot commands, when enabled.
+    commands: BotCommands | None = None
 
 
 # --- settings ----------------------------------------------------------------------------------

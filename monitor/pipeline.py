@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from monitor.decide import alerts_for, eligible
@@ -48,6 +48,8 @@ class Poller:
     policy: PollPolicy
     clock: Callable[[], datetime]
     rng: random.Random
+    #: Channel -> its destinations (Telegram chats), each getting its own delivery.
+    targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     async def poll(self, feed: FeedSpec, state: FeedState) -> PollOutcome:
         """Poll `feed` once and record the outcome; never raises (but CancelledError).
@@ -100,7 +102,8 @@ class Poller:
         now = self.clock()
         # Matching is CPU work that grows with items x rules: keep it off the event loop.
         matches = await asyncio.to_thread(self.matcher.match_all, feed, candidates)
-        alerts = alerts_for(candidates, matches, now)
+        muted = await self.store.mutes(now) if matches else {}
+        alerts = alerts_for(candidates, matches, now, muted)
         warning = "; ".join(filter(None, [parsed.warning, _skipped(parsed.skipped)]))
         recorded = await self.store.record_items(
             feed.name,
@@ -110,6 +113,7 @@ class Poller:
             now=now,
             next_poll_at=next_poll_after_success(feed, now, self.policy, self.rng),
             warning=warning,
+            targets=self.targets,
         )
         if warning and warning != state.last_warning:
             log.warning("feed parsed with a problem: %s", warning, extra={"feed": feed.name})

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from monitor.dispatch import Dispatcher, retry_delay
-from monitor.errors import ChannelError, DeliveryError
+from monitor.errors import ChannelError, DeliveryError, TargetError
 from monitor.models import (
     Alert,
     CacheInfo,
@@ -61,7 +61,40 @@ class ScriptedChannel:
         self.sent.append(delivery.alert.title)
 
 
-async def seed(store: Store, titles: list[str], channels: tuple[str, ...]) -> None:
+class ChatChannel(ScriptedChannel):
+    """Records (target, title); fails as scripted per target; groups like Telegram."""
+
+    def __init__(
+        self, name: str, scripts: dict[str, list[Exception]], group_threshold: int = 0
+    ) -> None:
+        super().__init__(name)
+        self.scripts = scripts
+        self.group_threshold = group_threshold
+        self.by_target: list[tuple[str, str]] = []
+        self.groups: list[list[str]] = []
+
+    async def send(self, delivery: Delivery) -> None:
+        self.attempts += 1
+        script = self.scripts.get(delivery.target, [])
+        if script:
+            raise script.pop(0)
+        self.by_target.append((delivery.target, delivery.alert.title))
+
+    async def send_group(self, deliveries: Sequence[Delivery]) -> int:
+        script = self.scripts.get(deliveries[0].target, [])
+        if script:
+            raise script.pop(0)
+        taken = [d.alert.title for d in deliveries[:3]]  # "three fit in one message"
+        self.groups.append(taken)
+        return len(taken)
+
+
+async def seed(
+    store: Store,
+    titles: list[str],
+    channels: tuple[str, ...],
+    targets: dict[str, tuple[str, ...]] | None = None,
+) -> None:
     feed = FeedSpec(name="wire", url="https://example.org/", interval=timedelta(minutes=5))
     await store.sync_feeds([feed], T0)
     items = [Item(feed="wire", key=f"id:{t}", title=t, link="", seen_at=T0) for t in titles]
@@ -79,7 +112,13 @@ async def seed(store: Store, titles: list[str], channels: tuple[str, ...]) -> No
         for i in items
     ]
     await store.record_items(
-        "wire", items, alerts, cache=CacheInfo(), now=T0, next_poll_at=T0 + timedelta(minutes=5)
+        "wire",
+        items,
+        alerts,
+        cache=CacheInfo(),
+        now=T0,
+        next_poll_at=T0 + timedelta(minutes=5),
+        targets=targets,
     )
 
 
@@ -233,3 +272,73 @@ def test_retry_delay_doubles_and_is_capped() -> None:
     assert 16 <= delays[1] <= 24
     assert 32 <= delays[2] <= 48
     assert delays[3] <= 360
+
+
+async def test_each_chat_is_its_own_delivery_and_pauses_alone(store: Store) -> None:
+    await seed(store, ["one", "two"], ("desk",), {"desk": ("-100", "42")})
+    clock = Clock()
+    desk = ChatChannel("desk", {"-100": [DeliveryError("flood control", retry_after=30)]})
+    d = dispatcher(store, clock, desk)
+    await d.run_once()
+    # The flooded chat waits; the other chat got both alerts at once.
+    assert desk.by_target == [("42", "one"), ("42", "two")]
+    assert d.waiting("desk") == {"-100": T0 + timedelta(seconds=30)}
+    pending = await store.deliveries("desk", "pending")
+    assert sorted((x.target, x.alert.title, x.attempts) for x in pending) == [
+        ("-100", "one", 0),
+        ("-100", "two", 0),
+    ]
+    clock.now += timedelta(seconds=30)
+    await d.run_once()
+    assert desk.by_target[2:] == [("-100", "one"), ("-100", "two")]  # same order, no loss
+    assert await store.pending_count() == 0
+
+
+async def test_a_chat_that_refuses_us_fails_once_then_is_paused(store: Store) -> None:
+    await seed(store, ["one", "two"], ("desk",), {"desk": ("-100", "42")})
+    desk = ChatChannel("desk", {"-100": [TargetError("Forbidden: bot was kicked")]})
+    d = dispatcher(store, Clock(), desk)
+    stats = await d.run_once()
+    assert d.blocked == {("desk", "-100"): "Forbidden: bot was kicked"}
+    assert desk.by_target == [("42", "one"), ("42", "two")]
+    [failed] = await store.deliveries("desk", "failed")
+    assert (failed.target, failed.alert.title) == ("-100", "one")
+    assert "kicked" in failed.last_error
+    # The chat's later alert is kept, not tried again while the chat is paused.
+    [kept] = await store.deliveries("desk", "pending")
+    assert (kept.target, kept.alert.title, kept.attempts) == ("-100", "two", 0)
+    assert stats.failed == 1
+    assert (await d.run_once()).sent == 0
+    assert desk.attempts == 3  # two sends to "42", one refused to "-100", nothing since
+
+
+async def test_a_burst_for_one_chat_goes_as_grouped_messages(store: Store) -> None:
+    titles = [f"story {n}" for n in range(7)]
+    await seed(store, titles, ("desk",), {"desk": ("-100",)})
+    desk = ChatChannel("desk", {}, group_threshold=5)
+    stats = await dispatcher(store, Clock(), desk).run_once()
+    assert desk.groups == [titles[0:3], titles[3:6]]
+    assert desk.by_target == [("-100", "story 6")]  # one left over reads best on its own
+    assert stats.sent == 7
+    assert await store.pending_count() == 0
+
+
+async def test_a_few_alerts_are_not_grouped(store: Store) -> None:
+    await seed(store, ["one", "two"], ("desk",), {"desk": ("-100",)})
+    desk = ChatChannel("desk", {}, group_threshold=5)
+    await dispatcher(store, Clock(), desk).run_once()
+    assert desk.groups == []
+    assert desk.by_target == [("-100", "one"), ("-100", "two")]
+
+
+async def test_a_failed_group_retries_every_alert_in_it(store: Store) -> None:
+    titles = [f"story {n}" for n in range(6)]
+    await seed(store, titles, ("desk",), {"desk": ("-100",)})
+    clock = Clock()
+    desk = ChatChannel("desk", {"-100": [DeliveryError("timeout")]}, group_threshold=5)
+    d = dispatcher(store, clock, desk)
+    stats = await d.run_once()
+    assert stats.retried == 6
+    clock.now += timedelta(minutes=1)
+    await d.run_once()
+    assert [t for group in desk.groups for t in group] == titles  # all of them, once

@@ -16,6 +16,7 @@ from monitor.match.parse import parse_query
 from monitor.match.query import Node, TermError, error_with_caret
 from monitor.models import (
     DEFAULT_FIELDS,
+    BotCommands,
     ChannelSpec,
     Config,
     DeliveryPolicy,
@@ -26,6 +27,7 @@ from monitor.models import (
     PollPolicy,
     Retention,
     Rule,
+    TelegramSettings,
 )
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
@@ -163,8 +165,50 @@ def _channels(top: schema.Top, report: Reporter, base: Path) -> list[ChannelSpec
         entry = validate(schema.Channel, raw, ("channels", name), report)
         if entry is not None and not reason:
             chan = entry.root
-            out.append(ChannelSpec(name=name, type=chan.type, options=chan.options(base)))
+            if isinstance(chan, schema.Telegram):
+                out.append(_telegram(name, chan, report, base))
+            else:
+                out.append(ChannelSpec(name=name, type=chan.type, options=chan.options(base)))
     return out
+
+
+def _telegram(name: str, chan: schema.Telegram, report: Reporter, base: Path) -> ChannelSpec:
+    """A telegram channel: its token registered as a secret (masked in every message and log
+    line, even when written into the file), its template read and checked now."""
+    where: KeyPath = ("channels", name)
+    report.secret((*where, "token"), "token", chan.token)
+    template = None
+    if chan.template is not None:
+        template = _template(os.path.normpath(base / chan.template), (*where, "template"), report)
+    settings = TelegramSettings(
+        token=chan.token,
+        chats=tuple(dict.fromkeys(chan.chat_id)),
+        api_url=chan.api_url,
+        message_thread_id=chan.message_thread_id,
+        disable_web_page_preview=chan.disable_web_page_preview,
+        silent=chan.silent,
+        template=template,
+        group_threshold=chan.group_threshold,
+        timeout=chan.timeout,
+        commands=BotCommands(chan.commands.allow) if chan.commands else None,
+    )
+    return ChannelSpec(name, "telegram", {"telegram": settings}, targets=settings.chats)
+
+
+def _template(path: str, where: KeyPath, report: Reporter) -> str | None:
+    from monitor.notify.telegram_render import TemplateProblem, compile_template
+
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        report.add(where, f"cannot read template {path}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    try:
+        compile_template(source)
+    except TemplateProblem as exc:
+        report.add(where, f"template {path}: {exc}")
+        return None
+    return source
 
 
 def _rules(

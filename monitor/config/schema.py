@@ -39,6 +39,17 @@ def _str_list(value: object) -> object:
     return value
 
 
+def _id_list(value: object) -> object:
+    # Chat ids: one or a list, numbers or @names (YAML reads -100123 as a number).
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a chat id or a list of them, got {kind(value)}")
+    if any(isinstance(v, bool) or not isinstance(v, str | int) for v in value):
+        raise ValueError("chat ids are numbers such as -1001234567890, or @channelname")
+    return [str(v) for v in value]
+
+
 def _first_fetch(value: object) -> object:
     if value == "seed":
         return {"backfill": 0}
@@ -215,7 +226,60 @@ class Jsonl(Strict):
         return {"path": os.path.normpath(base / self.path)}
 
 
-class Channel(RootModel[Annotated[Console | Jsonl, Field(discriminator="type")]]):
+_TOKEN = re.compile(r"\d{3,}:[A-Za-z0-9_-]{20,}")
+_USERNAME = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,31}")
+
+
+def _token(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        # Never echo the value: it is a secret, and a malformed one is likely a pasted secret.
+        raise ValueError("does not look like a bot token from @BotFather (digits:letters)")
+    return value
+
+
+def _chat(value: str) -> str:
+    value = value.strip()
+    if re.fullmatch(r"-?\d{1,20}", value) or _USERNAME.fullmatch(value):
+        return value
+    raise ValueError(f"not a chat id: {value!r} (a number such as -1001234567890, or @channelname)")
+
+
+def _api_url(value: str) -> str:
+    _url(value)
+    if urlsplit(value).query or urlsplit(value).fragment:
+        raise ValueError("the Bot API root URL takes no query or fragment")
+    return value.rstrip("/")
+
+
+Chat = Annotated[str, AfterValidator(_chat)]
+
+
+class Commands(Strict):
+    """Bot commands: who may use them."""
+
+    allow: Annotated[tuple[Chat, ...], BeforeValidator(_id_list), Field(min_length=1)]
+
+
+class Telegram(Strict):
+    """Sends alerts to Telegram chats through a bot."""
+
+    type: Literal["telegram"]
+    token: Annotated[str, AfterValidator(_token)]
+    chat_id: Annotated[tuple[Chat, ...], BeforeValidator(_id_list), Field(min_length=1)]
+    message_thread_id: int | None = Field(default=None, ge=1)
+    api_url: Annotated[str, AfterValidator(_api_url)] = "https://api.telegram.org"
+    disable_web_page_preview: bool = True
+    silent: bool = False
+    template: Text | None = None
+    group_threshold: int = Field(default=5, ge=0)
+    timeout: Duration = timedelta(seconds=20)
+    commands: Commands | None = None
+
+    def options(self, base: Path) -> dict[str, object]:
+        return {}  # built by convert._telegram: it reads the template and registers the token
+
+
+class Channel(RootModel[Annotated[Console | Jsonl | Telegram, Field(discriminator="type")]]):
     """One `channels:` entry. A new type is one more small model with a `type` literal and
     `options(base)`, added to this union."""
 
@@ -224,7 +288,9 @@ def type_tags(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(map(str, get_args(model.model_fields["type"].annotation)))
 
 
-CHANNEL_TYPES: tuple[str, ...] = tuple(t for m in get_args(Console | Jsonl) for t in type_tags(m))
+CHANNEL_TYPES: tuple[str, ...] = tuple(
+    t for m in get_args(Console | Jsonl | Telegram) for t in type_tags(m)
+)
 
 
 class Scope(Strict):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -86,3 +86,33 @@ def cutoff(now: datetime, age: timedelta) -> datetime:
         return now - age
     except OverflowError:
         return datetime.min.replace(tzinfo=UTC)
+
+
+def clean_targets(targets: Mapping[str, Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
+    """A copy of `record_items`' targets: tuples, repeats dropped, empty ones left out.
+
+    TypeError for a `str` value: it is a Sequence[str] too, and would become one target per
+    character (a chat id "-100123" sending to "-", "1", "0", ...). TypeError as well for a
+    target that is no `str` (an int chat id read from YAML), which backends would store
+    differently.
+    """
+    cleaned: dict[str, tuple[str, ...]] = {}
+    for channel, wanted in (targets or {}).items():
+        if isinstance(wanted, str):
+            raise TypeError(f"targets of channel {channel!r} must be a sequence, not a str")
+        unique = tuple(dict.fromkeys(wanted))
+        if not all(isinstance(target, str) for target in unique):
+            raise TypeError(f"targets of channel {channel!r} must be str: {unique!r}")
+        if unique:
+            cleaned[channel] = unique
+    return cleaned
+
+
+def delivery_targets(alert: Alert, targets: Mapping[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """The (channel, target) pairs `alert` gets a delivery for, in order (see `record_items`).
+
+    `targets` as `clean_targets` made it: a channel missing from it has one target, "".
+    """
+    return [
+        (channel, target) for channel in alert.channels for target in targets.get(channel, ("",))
+    ]

@@ -9,7 +9,7 @@ the store's state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -29,7 +29,9 @@ from monitor.store.codec import utc
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
     clean_alert,
+    clean_targets,
     cutoff,
+    delivery_targets,
     first_per_key,
     first_poll_at,
     lease_live,
@@ -67,6 +69,7 @@ class _Delivery:
     id: int
     alert_id: int
     channel: str
+    target: str
     created_at: datetime
     status: DeliveryStatus = DeliveryStatus.PENDING
     attempts: int = 0
@@ -85,6 +88,8 @@ class MemoryStore:
         self._items: dict[tuple[str, str], _Item] = {}
         self._alerts: dict[int, _Alert] = {}
         self._deliveries: dict[int, _Delivery] = {}
+        #: rule -> until; the time a mute was set is not needed by any read.
+        self._mutes: dict[str, datetime] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
 
@@ -185,15 +190,17 @@ class MemoryStore:
         now: datetime,
         next_poll_at: datetime,
         warning: str = "",
+        targets: Mapping[str, Sequence[str]] | None = None,
     ) -> Recorded:
         row = self._feed(feed)
         now, next_poll_at = utc(now), utc(next_poll_at)
         # Convert every input before the first write: a bad one must leave nothing behind.
         clean_alerts = [clean_alert(a) for a in alerts]
+        chosen = clean_targets(targets)
         prepared = [(item, stored_item(item, feed, now)) for item in first_per_key(items)]
         new_items = self._store_items(feed, prepared, now)
         n_alerts, n_deliveries = self._store_alerts(
-            feed, clean_alerts, {i.key for i in new_items}, now
+            feed, clean_alerts, {i.key for i in new_items}, chosen, now
         )
         row.state = replace(
             row.state,
@@ -226,7 +233,12 @@ class MemoryStore:
         return new_items
 
     def _store_alerts(
-        self, feed: str, alerts: Sequence[Alert], new_keys: set[str], now: datetime
+        self,
+        feed: str,
+        alerts: Sequence[Alert],
+        new_keys: set[str],
+        targets: Mapping[str, tuple[str, ...]],
+        now: datetime,
     ) -> tuple[int, int]:
         """Alerts for items new in this call (one per item), and their pending deliveries."""
         pending = set(new_keys)
@@ -238,9 +250,11 @@ class MemoryStore:
             alert_id = next(self._ids)
             self._alerts[alert_id] = _Alert(alert, now)
             n_alerts += 1
-            for channel in alert.channels:
+            for channel, target in delivery_targets(alert, targets):
                 delivery_id = next(self._ids)
-                self._deliveries[delivery_id] = _Delivery(delivery_id, alert_id, channel, now)
+                self._deliveries[delivery_id] = _Delivery(
+                    delivery_id, alert_id, channel, target, now
+                )
                 n_deliveries += 1
         return n_alerts, n_deliveries
 
@@ -312,17 +326,25 @@ class MemoryStore:
             attempts=row.attempts,
             last_error=row.last_error,
             created_at=row.created_at,
+            target=row.target,
         )
 
     async def claim_deliveries(
-        self, channel: str, now: datetime, limit: int, lease: timedelta
+        self,
+        channel: str,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        skip_targets: Collection[str] = (),
     ) -> list[Delivery]:
         self._check()
         now = utc(now)
+        skip = frozenset(skip_targets)
         due = [
             row
             for row in self._deliveries.values()
             if row.channel == channel
+            and row.target not in skip
             and row.status is DeliveryStatus.PENDING
             and (row.next_attempt_at is None or row.next_attempt_at <= now)
             and not lease_live(row.lease_until, now)
@@ -383,6 +405,14 @@ class MemoryStore:
             if row.status is DeliveryStatus.PENDING and channel in (None, row.channel)
         )
 
+    async def pending_by_target(self, channel: str) -> dict[str, int]:
+        self._check()
+        counts: dict[str, int] = {}
+        for row in self._deliveries.values():
+            if row.channel == channel and row.status is DeliveryStatus.PENDING:
+                counts[row.target] = counts.get(row.target, 0) + 1
+        return dict(sorted(counts.items()))
+
     async def deliveries(
         self, channel: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[Delivery]:
@@ -394,6 +424,29 @@ class MemoryStore:
         ]
         rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [self._to_delivery(row) for row in rows[: max(limit, 0)]]
+
+    # --- alerts ----------------------------------------------------------------------------
+
+    async def alert_count(self, since: datetime) -> int:
+        self._check()
+        since = utc(since)
+        return sum(1 for row in self._alerts.values() if row.created_at >= since)
+
+    # --- mutes -----------------------------------------------------------------------------
+
+    async def mute(self, rule: str, until: datetime, *, now: datetime) -> None:
+        self._check()
+        utc(now)  # refused when naive, like everywhere else
+        self._mutes[rule] = utc(until)
+
+    async def unmute(self, rule: str) -> bool:
+        self._check()
+        return self._mutes.pop(rule, None) is not None
+
+    async def mutes(self, now: datetime) -> dict[str, datetime]:
+        self._check()
+        now = utc(now)
+        return {rule: until for rule, until in sorted(self._mutes.items()) if until > now}
 
     # --- housekeeping ----------------------------------------------------------------------
 
@@ -436,4 +489,7 @@ class MemoryStore:
             i for i, a in self._alerts.items() if i not in referenced and a.created_at < old_cutoff
         ]:
             del self._alerts[alert_id]
-        return Pruned(items=len(forget), texts=texts, deliveries=len(old))
+        ended = [rule for rule, until in self._mutes.items() if until <= now]
+        for rule in ended:
+            del self._mutes[rule]
+        return Pruned(items=len(forget), texts=texts, deliveries=len(old), mutes=len(ended))

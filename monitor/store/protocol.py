@@ -6,7 +6,7 @@ Implementations: `MemoryStore` (reference, for tests and `state: memory:`), `SQL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -23,7 +23,7 @@ class Recorded:
     new_items: tuple[Item, ...]
     #: Alerts written (only those whose item was new).
     alerts: int
-    #: Delivery rows written (one per alert and channel).
+    #: Delivery rows written (one per alert, channel and target).
     deliveries: int
 
 
@@ -34,10 +34,12 @@ class Pruned:
     items: int
     texts: int
     deliveries: int
+    #: Mutes that had ended.
+    mutes: int = 0
 
 
 class Store(Protocol):
-    """Durable state: feeds' poll state, seen items, alerts and the delivery outbox.
+    """Durable state: feeds' poll state, seen items, alerts, the delivery outbox and mutes.
 
     Lifecycle: `await store.open()` before use (creates or migrates the schema, takes any
     instance lock), `await store.close()` at the end; both idempotent. `async with store:` does
@@ -122,15 +124,23 @@ class Store(Protocol):
         now: datetime,
         next_poll_at: datetime,
         warning: str = "",
+        targets: Mapping[str, Sequence[str]] | None = None,
     ) -> Recorded:
         """Finish a successful poll in one transaction.
 
         Stores the items not yet stored for `feed` (first one wins on duplicate keys; stored
         ones get their last-seen time refreshed), then each alert whose item was new in THIS
-        call, with one pending delivery per channel in `alert.channels`. Alerts for items that
-        were already stored are dropped: an item alerts at most once, ever. Also saves the
-        validators, resets the failure count, marks the feed seeded and releases its claim.
-        Remembers `now` as the feed's last fetch, which retention counts from (see `prune`).
+        call, with its pending deliveries. Alerts for items that were already stored are
+        dropped: an item alerts at most once, ever. Also saves the validators, resets the
+        failure count, marks the feed seeded and releases its claim. Remembers `now` as the
+        feed's last fetch, which retention counts from (see `prune`).
+
+        Deliveries: for each channel in `alert.channels`, one per target (destination within
+        the channel, e.g. a Telegram chat id) in `targets[channel]`, in the order given,
+        repeated targets once; a channel absent from `targets`, or mapped to an empty sequence,
+        gets one delivery with target "". So each destination succeeds, fails and pauses on its
+        own row. A plain `str` as a mapping value is refused (TypeError): it would be taken as
+        one target per character.
 
         Items are stored under `feed` with `seen_at = now` (an input `seen_at` is ignored); the
         returned `new_items` carry that time and keep their `content`, which is not stored.
@@ -177,12 +187,20 @@ class Store(Protocol):
     # --- deliveries ----------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, channel: str, now: datetime, limit: int, lease: timedelta
+        self,
+        channel: str,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        skip_targets: Collection[str] = (),
     ) -> list[Delivery]:
-        """Claim up to `limit` pending deliveries for `channel` that are due, oldest first.
+        """Claim up to `limit` pending deliveries for `channel` that are due, oldest first
+        (by creation time, then id).
 
         Due means: never attempted, or its retry time has come. A claimed delivery is not
-        returned again until it is marked or `now + lease` has passed.
+        returned again until it is marked or `now + lease` has passed. Deliveries whose target
+        is in `skip_targets` (the destinations the dispatcher has paused) are neither returned
+        nor claimed, and do not count towards `limit`.
         """
         ...
 
@@ -224,10 +242,40 @@ class Store(Protocol):
         """Pending deliveries, for one channel or all."""
         ...
 
+    async def pending_by_target(self, channel: str) -> dict[str, int]:
+        """Pending deliveries of `channel` per target, by target; targets with none are left
+        out (for status displays)."""
+        ...
+
     async def deliveries(
         self, channel: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[Delivery]:
         """Deliveries, newest first, optionally filtered (for status displays and tests)."""
+        ...
+
+    # --- alerts --------------------------------------------------------------------------------
+
+    async def alert_count(self, since: datetime) -> int:
+        """Alerts written (by `record_items` at its `now`) at or after `since`, for "alerts
+        today"; alerts removed by `prune` no longer count."""
+        ...
+
+    # --- mutes ---------------------------------------------------------------------------------
+
+    async def mute(self, rule: str, until: datetime, *, now: datetime) -> None:
+        """Mute `rule` until `until` (exclusive), replacing any mute it had; `now` is kept as
+        when it was set. The store only keeps mutes (it does not check that the rule exists);
+        whoever alerts consults `mutes`. An `until` not after `now` leaves the rule unmuted.
+        """
+        ...
+
+    async def unmute(self, rule: str) -> bool:
+        """Remove `rule`'s mute; True if one was stored (it may have ended already and not yet
+        been pruned), False if there was none."""
+        ...
+
+    async def mutes(self, now: datetime) -> dict[str, datetime]:
+        """The mutes in force at `now` (`until > now`): rule -> until, by rule."""
         ...
 
     # --- housekeeping --------------------------------------------------------------------------
@@ -235,7 +283,8 @@ class Store(Protocol):
     async def prune(self, now: datetime, retention: Retention) -> Pruned:
         """Apply retention: forget items unseen for `retention.seen`, drop item text older than
         `retention.text`, and sent/failed deliveries (with alerts no longer referenced) older
-        than `retention.deliveries`. Pending deliveries are never pruned.
+        than `retention.deliveries`. Pending deliveries are never pruned. Also drops the
+        mutes that have ended (`until <= now`).
 
         An item is forgotten only when BOTH its last-seen time is older than `now -
         retention.seen` AND it was missing from its feed's latest fetch (`record_items`), i.e.

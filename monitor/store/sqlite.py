@@ -2,15 +2,15 @@
 
 Every call runs on a dedicated single-thread executor, so the event loop never waits on the
 disk, calls are serialised without further locking, and the connection only ever sees the
-thread that made it. The queries live in `sqlite_feeds` and `sqlite_outbox`; opening (lock,
-pragmas, migrations) in `sqlite_schema`.
+thread that made it. The queries live in `sqlite_feeds`, `sqlite_outbox` and `sqlite_mutes`;
+opening (lock, pragmas, migrations) in `sqlite_schema`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,9 @@ from typing import TypeVar
 from monitor.errors import StoreError
 from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item, Retention
 from monitor.store import sqlite_feeds as feeds_sql
+from monitor.store import sqlite_mutes as mutes_sql
 from monitor.store import sqlite_outbox as outbox_sql
+from monitor.store.common import clean_targets
 from monitor.store.protocol import Pruned, Recorded
 from monitor.store.sqlite_schema import (
     InstanceLock,
@@ -199,8 +201,11 @@ class SQLiteStore:
         now: datetime,
         next_poll_at: datetime,
         warning: str = "",
+        targets: Mapping[str, Sequence[str]] | None = None,
     ) -> Recorded:
         items, alerts = tuple(items), tuple(alerts)
+        # Cleaned (copied) here, so a str mistaken for a list of targets fails on this side.
+        chosen = clean_targets(targets)
         return await self._run(
             lambda c: feeds_sql.record_items(
                 c,
@@ -211,6 +216,7 @@ class SQLiteStore:
                 now=now,
                 next_poll_at=next_poll_at,
                 warning=warning,
+                targets=chosen,
             )
         )
 
@@ -241,9 +247,17 @@ class SQLiteStore:
     # --- deliveries ------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, channel: str, now: datetime, limit: int, lease: timedelta
+        self,
+        channel: str,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        skip_targets: Collection[str] = (),
     ) -> list[Delivery]:
-        return await self._run(lambda c: outbox_sql.claim_deliveries(c, channel, now, limit, lease))
+        skip = frozenset(skip_targets)
+        return await self._run(
+            lambda c: outbox_sql.claim_deliveries(c, channel, now, limit, lease, skip)
+        )
 
     async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
         """Drop the claim on deliveries claimed but not tried; unknown ids are ignored."""
@@ -270,10 +284,29 @@ class SQLiteStore:
     async def pending_count(self, channel: str | None = None) -> int:
         return await self._run(lambda c: outbox_sql.pending_count(c, channel))
 
+    async def pending_by_target(self, channel: str) -> dict[str, int]:
+        return await self._run(lambda c: outbox_sql.pending_by_target(c, channel))
+
     async def deliveries(
         self, channel: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[Delivery]:
         return await self._run(lambda c: outbox_sql.deliveries(c, channel, status, limit))
+
+    # --- alerts ----------------------------------------------------------------------------
+
+    async def alert_count(self, since: datetime) -> int:
+        return await self._run(lambda c: outbox_sql.alert_count(c, since))
+
+    # --- mutes -----------------------------------------------------------------------------
+
+    async def mute(self, rule: str, until: datetime, *, now: datetime) -> None:
+        await self._run(lambda c: mutes_sql.mute(c, rule, until, now))
+
+    async def unmute(self, rule: str) -> bool:
+        return await self._run(lambda c: mutes_sql.unmute(c, rule))
+
+    async def mutes(self, now: datetime) -> dict[str, datetime]:
+        return await self._run(lambda c: mutes_sql.mutes(c, now))
 
     # --- housekeeping ----------------------------------------------------------------------
 

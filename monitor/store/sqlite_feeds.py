@@ -6,7 +6,7 @@ Synchronous functions taking the connection; `SQLiteStore` runs them on its work
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +25,8 @@ from monitor.store.codec import (
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
     clean_alert,
+    clean_targets,
+    delivery_targets,
     first_per_key,
     first_poll_at,
     stored_item,
@@ -218,11 +220,13 @@ def record_items(
     now: datetime,
     next_poll_at: datetime,
     warning: str,
+    targets: Mapping[str, Sequence[str]] | None = None,
 ) -> Recorded:
     # Convert every input before BEGIN: a bad one fails before anything is written.
     now_text, next_text = dt_to_text(now), dt_to_text(next_poll_at)
     unique = [(item, stored_item(item, feed, now)) for item in first_per_key(items)]
     clean_alerts = [clean_alert(a) for a in alerts]
+    chosen = clean_targets(targets)
     with transaction(conn):
         _require_feed(conn, feed)
         fresh = unseen(conn, feed, [kept.key for _, kept in unique])
@@ -232,7 +236,7 @@ def record_items(
             [(*_item_row(kept), now_text) for _, kept in new],
         )
         _refresh_last_seen(conn, feed, [k.key for _, k in unique if k.key not in fresh], now)
-        n_alerts, n_deliveries = _insert_alerts(conn, feed, clean_alerts, fresh, now_text)
+        n_alerts, n_deliveries = _insert_alerts(conn, feed, clean_alerts, fresh, chosen, now_text)
         conn.execute(
             "UPDATE feeds SET etag = :etag, last_modified = :last_modified,"
             " next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
@@ -281,11 +285,16 @@ def _refresh_last_seen(
 
 
 def _insert_alerts(
-    conn: sqlite3.Connection, feed: str, alerts: Sequence[Alert], fresh: set[str], now_text: str
+    conn: sqlite3.Connection,
+    feed: str,
+    alerts: Sequence[Alert],
+    fresh: set[str],
+    targets: Mapping[str, tuple[str, ...]],
+    now_text: str,
 ) -> tuple[int, int]:
     """Alerts for items new in this call (one per item), and their pending deliveries."""
     pending = set(fresh)
-    deliveries: list[tuple[int, str, str]] = []
+    deliveries: list[tuple[int, str, str, str]] = []
     n_alerts = 0
     for alert in alerts:
         if alert.feed != feed or alert.item_key not in pending:
@@ -309,9 +318,13 @@ def _insert_alerts(
         alert_id = cursor.lastrowid
         assert alert_id is not None  # set by every successful INSERT
         n_alerts += 1
-        deliveries.extend((alert_id, channel, now_text) for channel in alert.channels)
+        deliveries.extend(
+            (alert_id, channel, target, now_text)
+            for channel, target in delivery_targets(alert, targets)
+        )
     conn.executemany(
-        "INSERT INTO deliveries (alert_id, channel, created_at) VALUES (?, ?, ?)", deliveries
+        "INSERT INTO deliveries (alert_id, channel, target, created_at) VALUES (?, ?, ?, ?)",
+        deliveries,
     )
     return n_alerts, len(deliveries)
 

@@ -6,7 +6,7 @@ Synchronous functions taking the connection; `SQLiteStore` runs them on its work
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,11 +15,13 @@ from monitor.models import Alert, Delivery, DeliveryStatus, Retention
 from monitor.store.codec import dt_to_text, json_to_matches, opt_text_to_dt, text_to_dt
 from monitor.store.common import LAST_SEEN_REFRESH, cutoff
 from monitor.store.protocol import Pruned
+from monitor.store.sqlite_feeds import marks
 from monitor.store.sqlite_schema import transaction
 
 _DELIVERY_SELECT = (
     "SELECT d.id, d.channel, d.status, d.attempts, d.last_error, d.created_at,"
-    " a.feed, a.item_key, a.title, a.link, a.summary, a.published, a.seen_at, a.matches_json"
+    " a.feed, a.item_key, a.title, a.link, a.summary, a.published, a.seen_at, a.matches_json,"
+    " d.target"
     " FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
 )
 
@@ -43,6 +45,7 @@ def _delivery(row: Any) -> Delivery:
         attempts=row[3],
         last_error=row[4],
         created_at=text_to_dt(row[5]),
+        target=row[14],
     )
 
 
@@ -52,16 +55,25 @@ def _require_delivery(conn: sqlite3.Connection, delivery_id: int) -> None:
 
 
 def claim_deliveries(
-    conn: sqlite3.Connection, channel: str, now: datetime, limit: int, lease: timedelta
+    conn: sqlite3.Connection,
+    channel: str,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    skip_targets: Collection[str],
 ) -> list[Delivery]:
     now_text = dt_to_text(now)
+    # One bound variable per paused target: a channel's destinations are a handful, far
+    # below SQLite's limit.
+    skip = sorted(set(skip_targets))
+    skipping = f" AND d.target NOT IN ({marks(len(skip))})" if skip else ""
     with transaction(conn):
         rows = conn.execute(
-            f"{_DELIVERY_SELECT} WHERE d.channel = ? AND d.status = 'pending'"
+            f"{_DELIVERY_SELECT} WHERE d.channel = ? AND d.status = 'pending'{skipping}"
             " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?)"
             " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
             " ORDER BY d.created_at, d.id LIMIT ?",
-            (channel, now_text, now_text, max(limit, 0)),
+            (channel, *skip, now_text, now_text, max(limit, 0)),
         ).fetchall()
         conn.executemany(
             "UPDATE deliveries SET lease_until = ? WHERE id = ?",
@@ -121,6 +133,17 @@ def pending_count(conn: sqlite3.Connection, channel: str | None) -> int:
     return count
 
 
+def pending_by_target(conn: sqlite3.Connection, channel: str) -> dict[str, int]:
+    counts: dict[str, int] = dict(
+        conn.execute(
+            "SELECT target, count(*) FROM deliveries WHERE channel = ? AND status = 'pending'"
+            " GROUP BY target ORDER BY target",
+            (channel,),
+        ).fetchall()
+    )
+    return counts
+
+
 def deliveries(
     conn: sqlite3.Connection, channel: str | None, status: str | None, limit: int
 ) -> list[Delivery]:
@@ -137,6 +160,12 @@ def deliveries(
         sql + " ORDER BY d.created_at DESC, d.id DESC LIMIT ?", (*params, max(limit, 0))
     )
     return [_delivery(row) for row in rows]
+
+
+def alert_count(conn: sqlite3.Connection, since: datetime) -> int:
+    row = conn.execute("SELECT count(*) FROM alerts WHERE created_at >= ?", (dt_to_text(since),))
+    count: int = row.fetchone()[0]
+    return count
 
 
 def _before_last_fetch(column: str) -> str:
@@ -177,4 +206,5 @@ def prune(conn: sqlite3.Connection, now: datetime, retention: Retention) -> Prun
             " AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.alert_id = alerts.id)",
             (old_deliveries,),
         )
-    return Pruned(items=items, texts=texts, deliveries=removed)
+        mutes = conn.execute("DELETE FROM mutes WHERE until <= ?", (dt_to_text(now),)).rowcount
+    return Pruned(items=items, texts=texts, deliveries=removed, mutes=mutes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from monitor.models import Alert, CacheInfo, FeedSpec, Item, Match
@@ -57,6 +57,7 @@ async def record(
     next_poll_at: datetime | None = None,
     cache: CacheInfo | None = None,
     warning: str = "",
+    targets: Mapping[str, Sequence[str]] | None = None,
 ) -> Recorded:
     return await store.record_items(
         feed,
@@ -66,6 +67,7 @@ async def record(
         now=now,
         next_poll_at=next_poll_at or now + 5 * MINUTE,
         warning=warning,
+        targets=targets,
     )
 
 

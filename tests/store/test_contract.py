@@ -629,6 +629,203 @@ async def test_deliveries_listing_newest_first_and_filtered(store: Store) -> Non
     assert await store.deliveries("mail", "sent") == []
 
 
+# --- targets -----------------------------------------------------------------------------------
+
+
+async def test_each_target_of_a_channel_gets_its_own_delivery(store: Store) -> None:
+    recorded = await record(
+        store,
+        "a",
+        [item("k1")],
+        [alert("k1", channels=["tg", "mail", "log"])],
+        targets={"tg": ["-100", "42", "-100"], "mail": [], "nobody": ["x"]},
+    )
+    # tg: two chats (the repeat collapses); mail (empty) and log (absent): one row each.
+    assert recorded.deliveries == 4
+    listed = {(d.channel, d.target) for d in await store.deliveries()}
+    assert listed == {("tg", "-100"), ("tg", "42"), ("mail", ""), ("log", "")}
+    claimed = await store.claim_deliveries("tg", T0, 10, MINUTE)
+    assert [d.target for d in claimed] == ["-100", "42"]  # in the order given
+    assert [d.alert.item_key for d in claimed] == ["k1", "k1"]
+    assert [d.target for d in await store.claim_deliveries("mail", T0, 10, MINUTE)] == [""]
+
+
+async def test_without_targets_a_channel_gets_one_delivery_with_no_target(store: Store) -> None:
+    await _three_alerts(store)
+    assert {d.target for d in await store.deliveries()} == {""}
+    assert [d.target for d in await store.claim_deliveries("tg", T0 + HOUR, 10, MINUTE)] == [""] * 3
+
+
+async def test_one_targets_failure_leaves_the_others_alone(store: Store) -> None:
+    await record(store, "a", [item("k1")], [alert("k1")], targets={"tg": ["c1", "c2"]})
+    c1, c2 = await store.claim_deliveries("tg", T0, 10, MINUTE)
+    await store.mark_failed(c1.id, "chat not found", now=T0)
+    await store.mark_sent(c2.id, T0)
+    assert {(d.target, d.status) for d in await store.deliveries("tg")} == {
+        ("c1", DeliveryStatus.FAILED),
+        ("c2", DeliveryStatus.SENT),
+    }
+
+
+async def test_targets_that_are_not_strs_are_refused_and_nothing_is_written(store: Store) -> None:
+    # A str is a sequence of str: "-100123" would become seven one-character chats.
+    before = await store.feed_state("a")
+    with pytest.raises(TypeError, match="'tg'"):
+        await record(store, "a", [item("k1")], [alert("k1")], targets={"tg": "-100123"})
+    with pytest.raises(TypeError, match="must be str"):  # an int chat id straight from YAML
+        await record(store, "a", [item("k1")], [alert("k1")], targets={"tg": [-100123]})  # type: ignore[list-item]
+    assert await store.unseen("a", ["k1"]) == {"k1"}
+    assert await store.feed_state("a") == before
+    assert await store.pending_count() == 0
+
+
+async def test_the_store_keeps_its_own_copy_of_the_targets(store: Store) -> None:
+    chats = ["c1"]
+    await record(store, "a", [item("k1")], [alert("k1")], targets={"tg": chats})
+    chats.append("c2")
+    assert await store.pending_by_target("tg") == {"c1": 1}
+
+
+async def _two_chats_and_a_channel_without(store: Store) -> None:
+    """k1 at T0 and k2 at T0+1min, each to tg chats c1 and c2 and to mail (no target)."""
+    chats = {"tg": ["c1", "c2"]}
+    await record(store, "a", [item("k1")], [alert("k1", channels=["tg", "mail"])], targets=chats)
+    await record(
+        store,
+        "a",
+        [item("k2")],
+        [alert("k2", channels=["tg", "mail"])],
+        now=T0 + MINUTE,
+        targets=chats,
+    )
+
+
+async def test_claim_skips_paused_targets_and_leaves_them_unclaimed(store: Store) -> None:
+    await _two_chats_and_a_channel_without(store)
+    now = T0 + HOUR
+    # c1 is paused (a flood wait): the limit counts c2's deliveries only, oldest first.
+    first = await store.claim_deliveries("tg", now, 1, DAY, skip_targets={"c1"})
+    assert [(d.target, d.alert.item_key) for d in first] == [("c2", "k1")]
+    rest = await store.claim_deliveries("tg", now, 10, DAY, skip_targets=["c1", "elsewhere"])
+    assert [(d.target, d.alert.item_key) for d in rest] == [("c2", "k2")]
+    # c1's deliveries were never claimed: they are due the moment its pause ends.
+    resumed = await store.claim_deliveries("tg", now, 10, DAY)
+    assert [(d.target, d.alert.item_key) for d in resumed] == [("c1", "k1"), ("c1", "k2")]
+    # "" is a target like any other: pausing it pauses a channel's only destination.
+    assert await store.claim_deliveries("mail", now, 10, DAY, skip_targets=[""]) == []
+    assert len(await store.claim_deliveries("mail", now, 10, DAY, skip_targets=["c1"])) == 2
+
+
+async def test_pending_by_target_counts_what_is_left_per_destination(store: Store) -> None:
+    await _two_chats_and_a_channel_without(store)
+    assert await store.pending_by_target("tg") == {"c1": 2, "c2": 2}
+    assert await store.pending_by_target("mail") == {"": 2}
+    assert await store.pending_by_target("nobody") == {}
+    c1_k1, c2_k1, c1_k2, _ = await store.claim_deliveries("tg", T0 + HOUR, 10, MINUTE)
+    await store.mark_sent(c1_k1.id, T0 + HOUR)
+    await store.mark_failed(c2_k1.id, "blocked", now=T0 + HOUR)
+    await store.mark_sent(c1_k2.id, T0 + HOUR)
+    # The fourth is claimed but still pending, so it counts; c1 has nothing left: left out.
+    assert await store.pending_by_target("tg") == {"c2": 1}
+    assert await store.pending_by_target("mail") == {"": 2}
+
+
+async def test_pending_by_target_is_ordered_by_target(store: Store) -> None:
+    chats = {"tg": ["z", "b", "a", "é"]}
+    await record(store, "a", [item("k1")], [alert("k1")], targets=chats)
+    assert list(await store.pending_by_target("tg")) == ["a", "b", "z", "é"]
+
+
+# --- alert_count -------------------------------------------------------------------------------
+
+
+async def test_alert_count_counts_alerts_written_since(store: Store) -> None:
+    await _three_alerts(store)  # k1 at T0, k2 and k3 at T0+1min
+    await record(store, "a", [item("k1"), item("k4")], [alert("k1")], now=T0 + HOUR)  # dropped
+    assert await store.alert_count(T0 - DAY) == 3
+    assert await store.alert_count(T0 + MINUTE) == 2  # at `since` counts
+    assert await store.alert_count(T0 + MINUTE + timedelta(microseconds=1)) == 0
+    # One alert, whatever its channels and targets.
+    await record(
+        store,
+        "a",
+        [item("k5")],
+        [alert("k5", channels=["tg", "mail"])],
+        now=T0 + DAY,
+        targets={"tg": ["c1", "c2"]},
+    )
+    assert await store.alert_count(T0 + DAY) == 1
+
+
+async def test_alert_count_takes_any_timezone(store: Store) -> None:
+    await _three_alerts(store)
+    kyiv = timezone(timedelta(hours=3))
+    assert await store.alert_count(datetime(2024, 5, 1, 15, 1, tzinfo=kyiv)) == 2  # T0+1min
+
+
+# --- mutes -------------------------------------------------------------------------------------
+
+
+async def test_mutes_lists_the_rules_muted_now(store: Store) -> None:
+    assert await store.mutes(T0) == {}
+    await store.mute("sanctions", T0 + 2 * HOUR, now=T0)
+    await store.mute("elections", T0 + HOUR, now=T0)
+    assert await store.mutes(T0) == {"elections": T0 + HOUR, "sanctions": T0 + 2 * HOUR}
+    assert list(await store.mutes(T0)) == ["elections", "sanctions"]
+    # A mute ends at `until` exactly.
+    assert await store.mutes(T0 + HOUR - timedelta(microseconds=1)) == {
+        "elections": T0 + HOUR,
+        "sanctions": T0 + 2 * HOUR,
+    }
+    assert await store.mutes(T0 + HOUR) == {"sanctions": T0 + 2 * HOUR}
+    assert await store.mutes(T0 + 2 * HOUR) == {}
+
+
+async def test_a_second_mute_replaces_the_first(store: Store) -> None:
+    await store.mute("sanctions", T0 + DAY, now=T0)
+    await store.mute("sanctions", T0 + HOUR, now=T0 + MINUTE)  # shorter: it still wins
+    assert await store.mutes(T0 + MINUTE) == {"sanctions": T0 + HOUR}
+    await store.mute("sanctions", T0, now=T0 + 2 * MINUTE)  # already over: unmuted
+    assert await store.mutes(T0 + 2 * MINUTE) == {}
+
+
+async def test_mute_times_come_back_in_utc(store: Store) -> None:
+    kyiv = timezone(timedelta(hours=3))
+    await store.mute("sanctions", datetime(2024, 5, 1, 17, 0, tzinfo=kyiv), now=T0)
+    [(rule, until)] = (await store.mutes(T0)).items()
+    assert (rule, until, until.utcoffset()) == ("sanctions", T0 + 2 * HOUR, timedelta(0))
+    with pytest.raises(ValueError, match="naive"):
+        await store.mute("sanctions", datetime(2024, 5, 1, 14), now=T0)
+
+
+async def test_unmute_says_whether_there_was_a_mute(store: Store) -> None:
+    await store.mute("sanctions", T0 + HOUR, now=T0)
+    await store.mute("elections", T0 + HOUR, now=T0)
+    assert await store.unmute("sanctions") is True
+    assert await store.unmute("sanctions") is False
+    assert await store.unmute("never muted") is False
+    assert await store.mutes(T0) == {"elections": T0 + HOUR}
+
+
+async def test_prune_drops_the_mutes_that_have_ended(store: Store) -> None:
+    await store.mute("ended", T0 + HOUR, now=T0)
+    await store.mute("running", T0 + DAY, now=T0)
+    pruned = await store.prune(T0 + HOUR, Retention())
+    assert pruned == Pruned(items=0, texts=0, deliveries=0, mutes=1)
+    # Gone, not only inactive: unmuting it finds nothing.
+    assert await store.unmute("ended") is False
+    assert await store.mutes(T0) == {"running": T0 + DAY}
+    assert (await store.prune(T0 + HOUR, Retention())).mutes == 0
+
+
+async def test_mutes_survive_a_reopen(new_store: Callable[[], Store]) -> None:
+    store = new_store()  # one object: a MemoryStore keeps its data across close and open
+    async with store:
+        await store.mute("sanctions", T0 + HOUR, now=T0)
+    async with store:
+        assert await store.mutes(T0) == {"sanctions": T0 + HOUR}
+
+
 # --- recent_items ------------------------------------------------------------------------------
 
 

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.errors import StoreError
-from monitor.models import CacheInfo, Retention
+from monitor.models import CacheInfo, Delivery, DeliveryStatus, Retention
 from monitor.store import MemoryStore, SQLiteStore, Store
-from monitor.store.codec import dt_to_text, text_to_dt
+from monitor.store.codec import dt_to_text, matches_to_json, text_to_dt
 from monitor.store.sqlite_schema import (
     Migration,
     connect,
@@ -216,6 +216,136 @@ async def test_migration_2_dates_each_feeds_last_fetch_from_its_items(db: Path) 
         assert await store.unseen("a", ["k1", "k2"]) == {"k1"}
 
 
+def _schema_2_file(db: Path) -> None:
+    """A file as version 2 left it: feed "a", alert 1 (k1) with a pending tg delivery (id 1,
+    tried once) and a sent mail one (id 2), and alert 2 whose delivery (id 3, the newest ever
+    handed out) was deleted with it, so the id sequence is above the highest id left."""
+    db.parent.mkdir(parents=True)
+    conn = connect(db)
+    try:
+        migrate(conn, load_migrations()[:2], str(db))
+        conn.execute("INSERT INTO feeds (name, url) VALUES ('a', 'https://example.com/a.xml')")
+        for key in ("k1", "k2"):
+            conn.execute(
+                "INSERT INTO alerts (feed, item_key, created_at, title, link, summary,"
+                " seen_at, matches_json) VALUES ('a', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    dt_to_text(T0),
+                    f"title {key}",
+                    f"https://example.com/{key}",
+                    f"summary {key}",
+                    dt_to_text(T0),
+                    matches_to_json(alert(key, channels=["tg", "mail"]).matches),
+                ),
+            )
+        conn.executemany(
+            "INSERT INTO deliveries (alert_id, channel, status, attempts, next_attempt_at,"
+            " lease_until, last_error, created_at, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (1, "tg", "pending", 1, dt_to_text(T0 + MINUTE), dt_to_text(T0 + DAY),
+                 "HTTP 502", dt_to_text(T0), None),
+                (1, "mail", "sent", 0, None, None, "", dt_to_text(T0), dt_to_text(T0)),
+                (2, "tg", "pending", 0, None, None, "", dt_to_text(T0), None),
+            ],
+        )  # fmt: skip
+        conn.execute("DELETE FROM alerts WHERE id = 2")  # cascades to delivery 3
+        assert conn.execute("SELECT max(id) FROM deliveries").fetchone() == (2,)
+    finally:
+        conn.close()
+
+
+async def test_migration_3_keeps_every_delivery_and_never_reuses_an_id(db: Path) -> None:
+    _schema_2_file(db)
+    async with SQLiteStore(db) as store:
+        assert await _query(store, "PRAGMA user_version") == [(len(load_migrations()),)]
+        pending, sent = await store.deliveries("tg"), await store.deliveries("mail")
+        assert pending == [
+            Delivery(
+                id=1,
+                channel="tg",
+                alert=alert("k1", channels=["tg", "mail"]),
+                status=DeliveryStatus.PENDING,
+                attempts=1,
+                last_error="HTTP 502",
+                created_at=T0,
+                target="",
+            )
+        ]
+        assert [(d.id, d.status, d.target) for d in sent] == [(2, DeliveryStatus.SENT, "")]
+        # Still due at its retry time (the dead process's lease was released on open).
+        assert await store.claim_deliveries("tg", T0 + MINUTE / 2, 10, HOUR) == []
+        [due] = await store.claim_deliveries("tg", T0 + MINUTE, 10, HOUR)
+        assert due.id == 1
+        # New rows continue above 3, the highest id ever used, though 2 is the highest left;
+        # and one alert may now have several rows per channel.
+        await store.sync_feeds([spec("a")], T0)
+        await record(
+            store,
+            "a",
+            [item("k9")],
+            [alert("k9", channels=["tg", "mail"])],
+            now=T0 + HOUR,
+            targets={"tg": ["c1", "c2"]},
+        )
+        new = await store.deliveries(limit=3)
+        assert sorted((d.id, d.channel, d.target) for d in new) == [
+            (4, "tg", "c1"),
+            (5, "tg", "c2"),
+            (6, "mail", ""),
+        ]
+        assert await _query(store, "PRAGMA foreign_key_check") == []
+        assert await _query(store, "PRAGMA integrity_check") == [("ok",)]
+        assert await _query(store, "SELECT name FROM sqlite_sequence ORDER BY name") == [
+            ("alerts",),
+            ("deliveries",),
+        ]
+        indexes = await _query(
+            store,
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'"
+            " AND sql IS NOT NULL ORDER BY name",  # the UNIQUE's own index has no sql
+        )
+        assert indexes == [("deliveries_age",), ("deliveries_due",)]
+        # Deleting an alert still takes its deliveries along.
+        await _query(store, "DELETE FROM alerts WHERE item_key = 'k9'")
+        assert await store.pending_by_target("tg") == {"": 1}
+
+
+async def test_migration_3_drops_deliveries_whose_alert_is_gone(db: Path) -> None:
+    # Only possible if foreign keys were ever off; such a row is unreadable (every read joins
+    # its alert) and must not make the migration fail.
+    _schema_2_file(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO deliveries (alert_id, channel, created_at) VALUES (99, 'tg', ?)",
+            (dt_to_text(T0),),
+        )
+    conn.close()
+    async with SQLiteStore(db) as store:
+        assert await store.pending_count() == 1
+        assert [d.id for d in await store.deliveries()] == [2, 1]
+
+
+async def test_read_only_open_of_an_older_schema_says_how_to_migrate_it(db: Path) -> None:
+    # `test-rule --since` on a file the daemon has not migrated yet: refused, file untouched.
+    _schema_2_file(db)
+    known = len(load_migrations())
+    with pytest.raises(
+        StoreError,
+        match=rf"has schema 2; this version reads {known} \(run the daemon once to migrate it\)",
+    ):
+        await SQLiteStore(db, read_only=True).open()
+    conn = sqlite3.connect(db)
+    try:
+        assert schema_version(conn) == 2
+    finally:
+        conn.close()
+    async with SQLiteStore(db):
+        pass
+    async with SQLiteStore(db, read_only=True) as reader:
+        assert await reader.pending_by_target("tg") == {"": 1}
+
+
 async def test_only_a_parsed_document_is_a_fetch(store: SQLiteStore) -> None:
     async def last_fetched() -> object:
         return await _query(store, "SELECT last_fetched_at FROM feeds WHERE name = 'a'")
@@ -356,6 +486,9 @@ _polls = st.lists(
     max_size=10,
 )
 
+#: Targets of the n-th poll: by turns none, two chats of tg (one repeated), mail's one chat.
+_TARGETS: list[dict[str, list[str]] | None] = [None, {"tg": ["c1", "c2", "c1"]}, {"mail": ["m"]}]
+
 
 async def _replay(store: Store, polls: list[tuple[str, list[tuple[str, object]]]]) -> list[object]:
     outcomes: list[object] = []
@@ -365,9 +498,12 @@ async def _replay(store: Store, polls: list[tuple[str, list[tuple[str, object]]]
             now = T0 + n * DAY  # a day apart, so last-seen refreshes happen too
             items = [item(key, feed) for key, _ in entries]
             alerts = [alert(key, feed, ch) for key, ch in entries if isinstance(ch, tuple)]
-            got = await record(store, feed, items, alerts, now=now)
+            targets = _TARGETS[n % len(_TARGETS)]
+            got = await record(store, feed, items, alerts, now=now, targets=targets)
             outcomes.append(([i.key for i in got.new_items], got.alerts, got.deliveries))
         outcomes.append((await store.pending_count("tg"), await store.pending_count("mail")))
+        by_target = (await store.pending_by_target("tg"), await store.pending_by_target("mail"))
+        outcomes.append((by_target, await store.alert_count(T0 + DAY)))
         # Retention, counted from each feed's last fetch: the same items go in both stores.
         pruned = await store.prune(T0 + (len(polls) + 1) * DAY, Retention(seen=2 * DAY))
         keys = [f"k{n}" for n in range(8)]
@@ -396,7 +532,7 @@ def test_sqlite_agrees_with_memory_on_any_poll_sequence(
             if (feed, key) not in seen:
                 seen.add((feed, key))
                 expected += key in first_alert
-    assert sum(int(o[1]) for o in memory[:-2]) == expected  # type: ignore[index]
+    assert sum(int(o[1]) for o in memory[:-3]) == expected  # type: ignore[index]
 
 
 async def test_reopening_releases_leases_left_by_a_dead_process(tmp_path: Path) -> None:
