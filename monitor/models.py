@@ -301,7 +301,7 @@ class ChannelSpec:
 
     #: Channel name from the config.
     name: str
-    #: Notifier type: "console", "jsonl", "telegram" (later "email").
+    #: Notifier type: "console", "jsonl", "telegram", "email".
     type: str
     #: Type-specific settings, already validated (paths resolved, secrets substituted).
     options: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
@@ -341,6 +341,52 @@ class TelegramSettings:
     timeout: timedelta = timedelta(seconds=20)
     #: Bot commands, when enabled.
     commands: BotCommands | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """How to reach the mail server."""
+
+    host: str
+    port: int
+    #: "starttls" (upgrade a plain connection, port 587), "tls" (implicit TLS, port 465) or
+    #: "none" (plain, for a local relay).
+    security: str = "starttls"
+    user: str | None = None
+    #: A secret: never logged.
+    password: str | None = field(default=None, repr=False)
+    #: How long one SMTP conversation may take.
+    timeout: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSettings:
+    """Scheduled digests: one email per period instead of one per alert."""
+
+    #: Five-field crontab expression, in the config's timezone ("hourly" and "daily" are
+    #: stored as "0 * * * *" and "0 8 * * *").
+    cron: str
+    #: Send a digest even when nothing matched in its period.
+    send_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EmailSettings:
+    """An `email` channel, validated (`ChannelSpec.options["email"]`)."""
+
+    smtp: SmtpSettings
+    #: The From address.
+    sender: str
+    #: Recipients; each is a target (its own delivery and its own copy of every email).
+    to: tuple[str, ...]
+    subject_prefix: str = ""
+    #: Digest mode when set; else one email per alert (a burst of more than
+    #: `group_threshold` alerts goes as one email).
+    digest: DigestSettings | None = None
+    group_threshold: int = 5
+    #: Template sources by name ("alert_html", "alert_text", "digest_html", "digest_text");
+    #: a name absent uses the built-in template.
+    templates: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 # --- settings ----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from monitor.models import (
     ChannelSpec,
     Config,
     DeliveryPolicy,
+    DigestSettings,
+    EmailSettings,
     FeedScope,
     FeedSpec,
     FetchLimits,
@@ -27,6 +29,7 @@ from monitor.models import (
     PollPolicy,
     Retention,
     Rule,
+    SmtpSettings,
     TelegramSettings,
 )
 
@@ -167,6 +170,8 @@ def _channels(top: schema.Top, report: Reporter, base: Path) -> list[ChannelSpec
             chan = entry.root
             if isinstance(chan, schema.Telegram):
                 out.append(_telegram(name, chan, report, base))
+            elif isinstance(chan, schema.Email):
+                out.append(_email(name, chan, report, base))
             else:
                 out.append(ChannelSpec(name=name, type=chan.type, options=chan.options(base)))
     return out
@@ -193,6 +198,56 @@ def _telegram(name: str, chan: schema.Telegram, report: Reporter, base: Path) ->
         commands=BotCommands(chan.commands.allow) if chan.commands else None,
     )
     return ChannelSpec(name, "telegram", {"telegram": settings}, targets=settings.chats)
+
+
+_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+
+
+def _email(name: str, chan: schema.Email, report: Reporter, base: Path) -> ChannelSpec:
+    """An email channel: its password registered as a secret, its templates read and
+    checked now."""
+    from monitor.notify.email_render import TemplateProblem, compile_templates
+
+    where: KeyPath = ("channels", name)
+    smtp = chan.smtp
+    if smtp.password is not None:
+        report.secret((*where, "smtp", "password"), "password", smtp.password)
+    sources: dict[str, str] = {}
+    for key, raw in chan.templates.model_dump().items():
+        if raw is not None:
+            path = os.path.normpath(base / raw)
+            source = _read(path, (*where, "templates", key), report)
+            if source is not None:
+                sources[key] = source
+    try:
+        compile_templates(sources)
+    except TemplateProblem as exc:
+        report.add((*where, "templates"), str(exc))
+    settings = EmailSettings(
+        smtp=SmtpSettings(
+            host=smtp.host,
+            port=smtp.port or _PORTS[smtp.security],
+            security=smtp.security,
+            user=smtp.user,
+            password=smtp.password,
+            timeout=smtp.timeout,
+        ),
+        sender=chan.from_,
+        to=tuple(dict.fromkeys(chan.to)),
+        subject_prefix=chan.subject_prefix,
+        digest=DigestSettings(chan.digest.cron, chan.digest.send_empty) if chan.digest else None,
+        group_threshold=chan.group_threshold,
+        templates=sources,
+    )
+    return ChannelSpec(name, "email", {"email": settings}, targets=settings.to)
+
+
+def _read(path: str, where: KeyPath, report: Reporter) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        report.add(where, f"cannot read template {path}: {getattr(exc, 'strerror', None) or exc}")
+        return None
 
 
 def _template(path: str, where: KeyPath, report: Reporter) -> str | None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -279,7 +280,85 @@ class Telegram(Strict):
         return {}  # built by convert._telegram: it reads the template and registers the token
 
 
-class Channel(RootModel[Annotated[Console | Jsonl | Telegram, Field(discriminator="type")]]):
+_ADDRESS = re.compile(
+    r"[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+_SHORTHANDS = {"hourly": "0 * * * *", "daily": "0 8 * * *"}
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError(f"not an email address: {value!r}")
+    return value
+
+
+def _cron(value: str) -> str:
+    value = _SHORTHANDS.get(value.strip().lower(), value.strip())
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"invalid cron schedule {value!r}: {exc} (five fields: minute hour day month "
+            "weekday, e.g. '0 8 * * mon-fri'; or hourly, daily)"
+        ) from None
+    return value
+
+
+def _digest(value: object) -> object:
+    return {"cron": value} if isinstance(value, str) else value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class Smtp(Strict):
+    host: Annotated[Text, AfterValidator(_header)]
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    user: Text | None = None
+    password: Text | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _login_needs_both(self) -> Smtp:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("give both user and password, or neither")
+        return self
+
+
+class Digest(Strict):
+    cron: Annotated[str, AfterValidator(_cron)]
+    send_empty: bool = False
+
+
+class EmailTemplates(Strict):
+    alert_html: Text | None = None
+    alert_text: Text | None = None
+    digest_html: Text | None = None
+    digest_text: Text | None = None
+
+
+class Email(Strict):
+    """Sends alerts, or scheduled digests, by email over SMTP."""
+
+    type: Literal["email"]
+    smtp: Smtp
+    from_: Address = Field(alias="from")
+    to: Annotated[tuple[Address, ...], BeforeValidator(_str_list), Field(min_length=1)]
+    subject_prefix: Annotated[str, AfterValidator(_header)] = ""
+    digest: Annotated[Digest | None, BeforeValidator(_digest)] = None
+    group_threshold: int = Field(default=5, ge=0)
+    templates: EmailTemplates = EmailTemplates()
+
+    def options(self, base: Path) -> dict[str, object]:
+        return {}  # built by convert._email: it reads the templates and registers the password
+
+
+class Channel(
+    RootModel[Annotated[Console | Jsonl | Telegram | Email, Field(discriminator="type")]]
+):
     """One `channels:` entry. A new type is one more small model with a `type` literal and
     `options(base)`, added to this union."""
 
@@ -289,7 +368,7 @@ def type_tags(model: type[BaseModel]) -> tuple[str, ...]:
 
 
 CHANNEL_TYPES: tuple[str, ...] = tuple(
-    t for m in get_args(Console | Jsonl | Telegram) for t in type_tags(m)
+    t for m in get_args(Console | Jsonl | Telegram | Email) for t in type_tags(m)
 )
 
 
