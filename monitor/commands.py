@@ -25,6 +25,8 @@ from monitor.store.protocol import Store
 MAX_MUTE = timedelta(days=30)
 #: Feeds listed by name under "failing" in /status before "and N more".
 LISTED = 10
+#: Rules listed by /rules (a reply must stay under Telegram's 4,096 characters).
+LISTED_RULES = 60
 
 HELP = """<b>Commands</b>
 /status – feeds OK and failing, alerts today, queue length
@@ -119,10 +121,15 @@ async def _rules(ctx: CommandContext) -> str:
         return "No rules configured."
     mutes = await ctx.store.mutes(ctx.clock())
     lines = [f"<b>Rules</b> ({len(ctx.rules)})"]
-    for rule in ctx.rules:
+    for rule in ctx.rules[:LISTED_RULES]:
         muted = mutes.get(rule.name)
         note = f" – muted until {local_time(muted, ctx.tz)}" if muted else ""
         lines.append(f"• <code>{html.escape(rule.name)}</code>{html.escape(note)}")
+    if len(ctx.rules) > LISTED_RULES:
+        lines.append(f"• and {len(ctx.rules) - LISTED_RULES} more (see the config)")
+    others = sorted(set(mutes) - {r.name for r in ctx.rules[:LISTED_RULES]})
+    if others:
+        lines.append("Also muted: " + ", ".join(html.escape(r) for r in others))
     return "\n".join(lines)
 
 

@@ -217,6 +217,19 @@ class Daemon:
     async def _warn_orphans(self) -> None:
         """Pending deliveries for a channel no longer configured are never sent: say so."""
         configured = {c.name for c in self.config.channels}
+        for spec in self.config.channels:
+            if not spec.targets:
+                continue
+            for target, count in (await self.store.pending_by_target(spec.name)).items():
+                if target not in spec.targets:
+                    log.warning(
+                        "%d pending deliveries for %s, which channel %r no longer lists; "
+                        "they are kept, and sent if it is listed again",
+                        count,
+                        target or "its only destination",
+                        spec.name,
+                        extra={"channel": spec.name},
+                    )
         pending = await self.store.deliveries(status="pending", limit=10_000)
         for name in sorted({d.channel for d in pending} - configured):
             count = await self.store.pending_count(name)

@@ -21,8 +21,10 @@ from monitor.store.protocol import Store
 
 log = logging.getLogger("monitor.dispatch")
 
-#: Deliveries claimed per store round trip.
+#: Deliveries claimed per store round trip, per destination of the channel.
 BATCH = 20
+#: At most this many in one claim, however many destinations.
+MAX_BATCH = 400
 #: How long a claimed delivery stays reserved; covers the slowest send with margin.
 LEASE = timedelta(minutes=2)
 
@@ -77,6 +79,8 @@ class Dispatcher:
         self.paused: dict[str, str] = {}
         #: Destinations paused until the config changes: (channel, target) -> why.
         self.blocked: dict[tuple[str, str], str] = {}
+        #: Destinations whose grouped message was refused: sent one by one.
+        self._ungrouped: set[tuple[str, str]] = set()
         self._stopping = False
 
     def stop(self) -> None:
@@ -101,9 +105,13 @@ class Dispatcher:
 
     async def _drain_channel(self, channel: str, stats: DispatchStats) -> None:
         notifier = self._notifiers[channel]
+        unlisted = await self._unlisted(notifier)
         while not self._stopping and channel not in self.paused:
+            # Rows come oldest first across all destinations: claim enough that each of them
+            # gets a full batch, so a burst to several chats still shows as a burst per chat.
+            size = min(BATCH * max(1, len(notifier.spec.targets)), MAX_BATCH)
             batch = await self._store.claim_deliveries(
-                channel, self._clock(), BATCH, LEASE, skip_targets=self._skipped(channel)
+                channel, self._clock(), size, LEASE, skip_targets=self._skipped(channel) + unlisted
             )
             if not batch:
                 return
@@ -118,8 +126,8 @@ class Dispatcher:
         rows: list[Delivery],
         stats: DispatchStats,
     ) -> None:
-        grouping = isinstance(notifier, GroupingNotifier) and notifier.group_threshold > 0
-        group = grouping and len(rows) > getattr(notifier, "group_threshold", 0)
+        threshold = notifier.group_threshold if isinstance(notifier, GroupingNotifier) else 0
+        group = 0 < threshold < len(rows) and (channel, target) not in self._ungrouped
         while rows:
             if self._stopping or not self._ready(channel, target):
                 # Hand back what was claimed but not tried, so it is not held by a lease.
@@ -127,6 +135,15 @@ class Dispatcher:
                 return
             done = await self._attempt(notifier, rows if group else rows[:1], stats)
             rows = rows[done:]
+
+    async def _unlisted(self, notifier: Notifier) -> list[str]:
+        """Destinations with pending deliveries that the channel no longer lists (a chat
+        removed from the config): kept, never sent there (the daemon warns at start)."""
+        listed = notifier.spec.targets
+        if not listed:
+            return []
+        pending = await self._store.pending_by_target(notifier.spec.name)
+        return sorted(t for t in pending if t not in listed)
 
     def _skipped(self, channel: str) -> list[str]:
         now = self._clock()
@@ -161,12 +178,21 @@ class Dispatcher:
             await self._store.release_deliveries([d.id for d in rows])
             return len(rows)
         except TargetError as exc:
+            # The destination refused: the first alert fails with the reason, the others
+            # stay pending for when it is fixed (the paused target is not claimed).
             self.blocked[channel, target] = str(exc)
             log.error("destination paused until the config changes: %s", exc, extra=where)
-            for delivery in rows:
-                await self._fail(delivery, str(exc), stats)
+            await self._fail(first, str(exc), stats)
+            await self._store.release_deliveries([d.id for d in rows[1:]])
             return len(rows)
         except DeliveryError as exc:
+            if exc.permanent and len(rows) > 1:
+                # The grouped message itself was refused, not these alerts: send them one by
+                # one from now on for this destination.
+                self._ungrouped.add((channel, target))
+                log.warning("grouped message refused (%s); sending one by one", exc, extra=where)
+                await self._store.release_deliveries([d.id for d in rows])
+                return len(rows)
             for delivery in rows:
                 if exc.permanent:
                     await self._fail(delivery, str(exc), stats)

@@ -169,3 +169,28 @@ async def test_run_polls_on_schedule_delivers_and_stops_cleanly(
         "Border talks stalled",
         "Ceasefire talks open in Geneva",
     ]
+
+
+async def test_a_muted_rule_sends_nothing_until_its_mute_ends(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    feed_server.set("/wire.xml", rss(GOOD), validators=False)
+    path = config(tmp_path, feed_server)
+    async with Daemon(load_config(path)) as daemon:
+        await daemon.once()
+        now = datetime.now(UTC)
+        await daemon.store.mute("talks", now + timedelta(hours=1), now=now)
+        feed_server.set("/wire.xml", rss([("g3", "Talks resume"), *GOOD]), validators=False)
+        report = await daemon.once()
+        assert report.polls[0].new_items == 1
+        assert alerts(tmp_path) == []  # seen, remembered, but silent
+        await daemon.store.unmute("talks")
+        feed_server.set(
+            "/wire.xml",
+            rss([("g4", "Talks stall"), ("g3", "Talks resume"), *GOOD]),
+            validators=False,
+        )
+        await daemon.once()
+    assert [a["title"] for a in alerts(tmp_path)] == ["Talks stall"]

@@ -42,3 +42,11 @@ def test_one_alert_per_item_with_all_its_matches() -> None:
     assert alert.matches == (m1, m2)
     assert alert.channels == ("desk", "mail")
     assert alert.matches_for("mail") == (m2,)
+
+
+def test_muted_rules_create_no_alerts() -> None:
+    m1 = Match("a", ("talks",), ("title",), ("desk",))
+    m2 = Match("b", ("geneva",), ("title",), ("desk",))
+    [alert] = alerts_for([item(1), item(2)], {"id:1": [m1, m2], "id:2": [m2]}, NOW, {"b"})
+    assert alert.item_key == "id:1"
+    assert alert.matches == (m1,)

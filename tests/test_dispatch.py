@@ -342,3 +342,36 @@ async def test_a_failed_group_retries_every_alert_in_it(store: Store) -> None:
     clock.now += timedelta(minutes=1)
     await d.run_once()
     assert [t for group in desk.groups for t in group] == titles  # all of them, once
+
+
+async def test_a_burst_to_several_chats_is_grouped_for_each(store: Store) -> None:
+    titles = [f"story {n}" for n in range(10)]
+    chats = ("-1", "-2", "-3", "-4", "-5")
+    await seed(store, titles, ("desk",), {"desk": chats})
+    desk = ChatChannel("desk", {}, group_threshold=5)
+    desk.spec = ChannelSpec("desk", "test", targets=chats)
+    await dispatcher(store, Clock(), desk).run_once()
+    assert desk.by_target == [(c, "story 9") for c in chats]  # 3 + 3 + 3 grouped, 1 left
+    assert len(desk.groups) == 15
+    assert await store.pending_count() == 0
+
+
+async def test_a_chat_refusing_a_group_fails_one_alert_and_keeps_the_rest(store: Store) -> None:
+    titles = [f"story {n}" for n in range(7)]
+    await seed(store, titles, ("desk",), {"desk": ("-100",)})
+    desk = ChatChannel("desk", {"-100": [TargetError("Forbidden: bot was kicked")]}, 5)
+    d = dispatcher(store, Clock(), desk)
+    stats = await d.run_once()
+    assert stats.failed == 1
+    assert len(await store.deliveries("desk", "pending")) == 6
+    assert d.blocked == {("desk", "-100"): "Forbidden: bot was kicked"}
+
+
+async def test_a_refused_grouped_message_falls_back_to_single_sends(store: Store) -> None:
+    titles = [f"story {n}" for n in range(6)]
+    await seed(store, titles, ("desk",), {"desk": ("-100",)})
+    refused = DeliveryError("message is too long", permanent=True)
+    desk = ChatChannel("desk", {"-100": [refused]}, group_threshold=5)
+    await dispatcher(store, Clock(), desk).run_once()
+    assert [t for _, t in desk.by_target] == titles
+    assert desk.groups == []

@@ -255,10 +255,21 @@ def _api_url(value: str) -> str:
 Chat = Annotated[str, AfterValidator(_chat)]
 
 
-class Commands(Strict):
-    """Bot commands: who may use them."""
+def _numeric_id(value: str) -> str:
+    if not re.fullmatch(r"-?\d{1,20}", value.strip()):
+        raise ValueError(f"not a user or chat id: {value!r} (numbers only, e.g. 123456789)")
+    return value.strip()
 
-    allow: Annotated[tuple[Chat, ...], BeforeValidator(_id_list), Field(min_length=1)]
+
+class Commands(Strict):
+    """Bot commands: who may use them (numeric user or chat ids: Telegram names the sender
+    of a message by number)."""
+
+    allow: Annotated[
+        tuple[Annotated[str, AfterValidator(_numeric_id)], ...],
+        BeforeValidator(_id_list),
+        Field(min_length=1),
+    ]
 
 
 class Telegram(Strict):

@@ -5,9 +5,10 @@ of its own, so a chat that blocks the bot or hits a flood limit never holds up a
 Every Bot API answer is mapped to what the dispatcher should do (BAD-INPUTS T01-T12):
 
 - `RetryAfter` (429): the chat waits exactly as long as asked (`DeliveryError.retry_after`),
-  and the bot's pacer holds it too, so other channels on the same bot slow down as well;
+  and the bot's pacer holds that chat for every channel on the same bot;
 - `BadRequest` "can't parse entities": sent again at once as plain text (a user template
-  with markup Telegram refuses must not lose the alert); "chat not found": `TargetError`;
+  with markup Telegram refuses must not lose the alert); "chat not found", "not enough
+  rights", "message thread not found" and the like: `TargetError` (the chat is paused);
   any other `BadRequest` (message too long, ...): this delivery fails for good;
 - `Forbidden` (bot blocked, kicked from the group): `TargetError`, the chat is paused;
 - `ChatMigrated` (group upgraded to a supergroup): sent to the new id at once, which is kept
@@ -179,8 +180,8 @@ class TelegramNotifier:
         except TelegramError as exc:
             raise self._error(exc, target) from None
         text = plain_text(html)
-        if len(text.encode("utf-16-le")) // 2 > MAX_LENGTH:  # links spelled out may add some
-            text = text[: MAX_LENGTH - 200].rstrip() + "…"
+        while _units(text) > MAX_LENGTH:  # links spelled out may add some
+            text = text[: len(text) - (_units(text) - MAX_LENGTH) - 1].rstrip() + "…"
         try:
             return await self._send(target, text, None)
         except TelegramError as exc:
@@ -204,6 +205,9 @@ class TelegramNotifier:
     async def _send_once(self, target: str, text: str, parse_mode: str | None) -> Message:
         chat = self.migrated.get(target, target)
         settings = self.settings
+        held = self._pacer.delay(chat)
+        if held > MAX_PACE_WAIT:  # Telegram told this bot to wait (maybe another channel)
+            raise DeliveryError(f"chat {chat} is on hold for {held:.0f}s", retry_after=held)
         await self._pacer.wait(chat)
         return await self.bot.send_message(
             chat_id=chat_arg(chat),
@@ -226,8 +230,8 @@ class TelegramNotifier:
         if isinstance(exc, Forbidden):
             return TargetError(f"Telegram refuses chat {chat}: {why}")
         if isinstance(exc, BadRequest):
-            if "chat not found" in why.lower():
-                return TargetError(f"Telegram does not know chat {chat}: {why}")
+            if any(phrase in why.lower() for phrase in _DESTINATION_REFUSALS):
+                return TargetError(f"Telegram refuses chat {chat}: {why}")
             return DeliveryError(f"Telegram rejected the message: {why}", permanent=True)
         if isinstance(exc, InvalidToken):
             return ChannelError(self._bad_token())
@@ -254,6 +258,32 @@ def redact(text: str, token: str) -> str:
     secret = token.partition(":")[2]
     text = text.replace(token, "<token>")
     return text.replace(secret, "<token>") if len(secret) >= 8 else text
+
+
+#: Longest wait for a pacing slot inside a send; longer holds (a 429 on this chat, maybe
+#: answered to another channel on the same bot) go back to the dispatcher as a retry_after,
+#: so one held chat never stalls a dispatch pass.
+MAX_PACE_WAIT = 5.0
+#: BadRequest texts that mean "this chat will not take our messages" rather than "this
+#: message is wrong": the chat is paused and its later alerts kept.
+_DESTINATION_REFUSALS = (
+    "chat not found",
+    "not enough rights",
+    "need administrator rights",
+    "have no rights",
+    "chat_write_forbidden",
+    "thread not found",
+    "topic_closed",
+    "topic closed",
+    "topic_deleted",
+    "bot is not a member",
+    "chat was deactivated",
+)
+
+
+def _units(text: str) -> int:
+    """Length as Telegram counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _seconds(value: object) -> float:

@@ -9,6 +9,7 @@ what a desk monitors. Replies go straight to the chat (they are not alerts: no o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
@@ -18,7 +19,7 @@ from telegram.error import Conflict, InvalidToken, TelegramError
 
 from monitor.commands import CommandContext, answer, command_of
 from monitor.notify.pace import Pacer
-from monitor.notify.telegram import POLL_TIMEOUT, chat_arg, redact
+from monitor.notify.telegram import MAX_PACE_WAIT, POLL_TIMEOUT, chat_arg, redact
 
 log = logging.getLogger("monitor.telegram")
 
@@ -76,7 +77,10 @@ class CommandListener:
             failures = 0
             for update in updates:
                 self._offset = update.update_id + 1
-                await self.handle(update)
+                try:
+                    await self.handle(update)
+                except Exception:  # one bad update must not end the listener
+                    log.exception("bot command handling failed")
 
     async def handle(self, update: Update) -> None:
         """Answer one update if it is a command from an allowed chat or user."""
@@ -84,7 +88,8 @@ class CommandListener:
         if message is None or not message.text:
             return
         if self._username is None:
-            self._username = (await self._bot.get_me()).username
+            with contextlib.suppress(TelegramError):  # unknown for now: taken from any bot
+                self._username = (await self._bot.get_me()).username
         parsed = command_of(message.text, self._username)
         if parsed is None:
             return
@@ -103,13 +108,18 @@ class CommandListener:
             log.exception("bot command failed", extra={"target": chat})
             reply = "Sorry, that failed; see the daemon's log."
         log.info("answered /%s", parsed[0], extra={"target": chat, "user": user or None})
+        if self._pacer.delay(chat) > MAX_PACE_WAIT:
+            log.warning("not answering: Telegram has this chat on hold", extra={"target": chat})
+            return
         try:
             await self._pacer.wait(chat)
             await self._bot.send_message(
                 chat_id=chat_arg(chat),
                 text=reply,
                 parse_mode="HTML",
-                message_thread_id=message.message_thread_id,
+                # A reply in a plain group carries its reply chain's id here: only a forum
+                # topic's id may be sent back.
+                message_thread_id=message.message_thread_id if message.is_topic_message else None,
             )
         except TelegramError as exc:
             why = redact(str(getattr(exc, "message", exc)), self._token)

@@ -593,9 +593,10 @@ def test_channel_problems_hide_the_union_tag(tmp_path: Path) -> None:
         """,
     )
     assert problems(path) == [
-        f"{path}:2: channels.desk.type: unknown type 'pager' (known: console, jsonl, telegram)",
+        f"{path}:2: channels.desk.type: unknown type 'pager' (known: console, jsonl, telegram, "
+        "email)",
         f"{path}:3: channels.notype.type: missing required key 'type' (known: console, jsonl, "
-        "telegram)",
+        "telegram, email)",
         f"{path}:4: channels.file.path: missing required key 'path'",
         f"{path}:8: channels.extra.pth: unknown key 'pth'; did you mean 'path'?",
         f"{path}:9: channels.quiet.path: unknown key 'path'",
