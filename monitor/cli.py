@@ -1,4 +1,4 @@
-"""The `monitor` command line: check, once, run, test-rule, test-notify."""
+"""The `monitor` command line: check, once, run, test-rule, test-notify, digest."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from monitor import __version__, logs, testnotify, testrule
+from monitor import __version__, digestcli, logs, testnotify, testrule
 from monitor.config import find_config, load_config
 from monitor.daemon import Daemon, OnceReport
 from monitor.errors import ConfigError, MonitorError, StoreError
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     testrule.add_parser(commands, common)
     testnotify.add_parser(commands, common)
+    digestcli.add_parser(commands, common)
     return parser
 
 
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return testrule.main(args)
     if args.command == "test-notify":
         return testnotify.main(args)
+    if args.command == "digest":
+        return digestcli.main(args)
     try:
         config = load_config(find_config(args.config))
     except ConfigError as exc:

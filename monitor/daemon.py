@@ -17,14 +17,17 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from monitor import __version__
 from monitor.commands import CommandContext
+from monitor.digest import Digester
 from monitor.dispatch import Dispatcher, DispatchStats
 from monitor.errors import ChannelError, ConfigError, ConfigProblem
 from monitor.match.matcher import Matcher
 from monitor.models import ChannelSpec, Config, Rule
 from monitor.notify.console import ConsoleNotifier
+from monitor.notify.email import EmailNotifier
 from monitor.notify.jsonl import JsonlNotifier
 from monitor.notify.pace import Pacer
 from monitor.notify.protocol import Notifier
@@ -62,6 +65,8 @@ def build_notifier(
         return ConsoleNotifier(spec, tz)
     if spec.type == "jsonl":
         return JsonlNotifier(spec)
+    if spec.type == "email":
+        return EmailNotifier(spec, tz, {r.name: r for r in rules})
     if spec.type == "telegram":
         token = settings_of(spec).token
         pacer = Pacer() if pacers is None else pacers.setdefault(token, Pacer())
@@ -93,6 +98,7 @@ class Daemon:
         self._dispatch_again = False
         self._pacers: dict[str, Pacer] = {}
         self._notifiers: dict[str, Notifier] = {}
+        self._digest_crons: dict[str, str] = {}
         self.scheduler: PollScheduler
         self.dispatcher: Dispatcher
 
@@ -133,7 +139,18 @@ class Daemon:
         )
         feeds = {f.name: f for f in self.config.feeds}
         self.scheduler = PollScheduler(poller, feeds, policy.concurrency, utcnow, self._polled)
-        self.dispatcher = Dispatcher(self.store, notifiers, self.config.delivery, utcnow, self._rng)
+        # Digest channels never send one by one: their deliveries wait for the schedule.
+        digests = {
+            n: x for n, x in notifiers.items() if isinstance(x, EmailNotifier) and x.settings.digest
+        }
+        self._digest_crons = {
+            n: x.settings.digest.cron for n, x in digests.items() if x.settings.digest
+        }
+        instant = {n: x for n, x in notifiers.items() if n not in digests}
+        self.dispatcher = Dispatcher(self.store, instant, self.config.delivery, utcnow, self._rng)
+        self.digester = Digester(
+            self.store, digests, self.tz, self.config.delivery, utcnow, self.config.rules
+        )
         self._notifiers = notifiers
         return self
 
@@ -178,12 +195,19 @@ class Daemon:
             (self.scheduler.tick, TICK, "claim-due-feeds"),
             (self._dispatch_job, TICK, "dispatch"),
             (self._prune, 3600.0, "prune"),
+            (self._digest_retries, 60.0, "digest-retries"),
         ):
             jobs.add_job(
                 job, "interval", seconds=every, id=name,
                 max_instances=1, coalesce=True, next_run_time=utcnow(),
             )  # fmt: skip
+        for channel, cron in self._digest_crons.items():
+            jobs.add_job(
+                self._digest, CronTrigger.from_crontab(cron, timezone=self.tz), args=[channel],
+                id=f"digest-{channel}", max_instances=1, coalesce=True, misfire_grace_time=3600,
+            )  # fmt: skip
         jobs.start()
+        await self._catch_up_digests()
         listeners = [
             asyncio.get_running_loop().create_task(listener.run())
             for listener in self.command_listeners()
@@ -265,6 +289,31 @@ class Daemon:
             except Exception:  # store trouble: log, and try again on the next tick
                 log.exception("dispatch pass failed")
                 return
+
+    async def _catch_up_digests(self) -> None:
+        """A digest whose time passed while the daemon was down goes out now, once."""
+        try:
+            for report in await self.digester.catch_up(utcnow()):
+                log.info("sent a missed digest", extra={"channel": report.channel})
+        except Exception:
+            log.exception("catching up missed digests failed; they go out on schedule")
+
+    async def _digest(self, channel: str) -> None:
+        now = utcnow()
+        scheduled = self.digester.previous_run(channel, now) or now
+        try:
+            report = await self.digester.run(channel, now, scheduled=scheduled)
+        except Exception:
+            log.exception("digest failed", extra={"channel": channel})
+            return
+        sent = sum(r.sent for r in report.recipients)
+        log.info("digest: %d alerts sent", sent, extra={"channel": channel})
+
+    async def _digest_retries(self) -> None:
+        try:
+            await self.digester.retry_due(utcnow())
+        except Exception:
+            log.exception("retrying digests failed")
 
     async def _prune(self) -> None:
         try:

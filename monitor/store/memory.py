@@ -90,6 +90,8 @@ class MemoryStore:
         self._deliveries: dict[int, _Delivery] = {}
         #: rule -> until; the time a mute was set is not needed by any read.
         self._mutes: dict[str, datetime] = {}
+        #: channel -> its last digest time.
+        self._digests: dict[str, datetime] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
 
@@ -424,6 +426,30 @@ class MemoryStore:
         ]
         rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [self._to_delivery(row) for row in rows[: max(limit, 0)]]
+
+    async def retry_due_count(self, channel: str, now: datetime) -> int:
+        self._check()
+        now = utc(now)
+        return sum(
+            1
+            for row in self._deliveries.values()
+            if row.channel == channel
+            and row.status is DeliveryStatus.PENDING
+            and row.attempts >= 1
+            and row.next_attempt_at is not None
+            and row.next_attempt_at <= now
+            and not lease_live(row.lease_until, now)
+        )
+
+    # --- digests ---------------------------------------------------------------------------
+
+    async def last_digest(self, channel: str) -> datetime | None:
+        self._check()
+        return self._digests.get(channel)
+
+    async def set_last_digest(self, channel: str, at: datetime) -> None:
+        self._check()
+        self._digests[channel] = utc(at)
 
     # --- alerts ----------------------------------------------------------------------------
 

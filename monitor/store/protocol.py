@@ -39,7 +39,8 @@ class Pruned:
 
 
 class Store(Protocol):
-    """Durable state: feeds' poll state, seen items, alerts, the delivery outbox and mutes.
+    """Durable state: feeds' poll state, seen items, alerts, the delivery outbox, mutes and
+    digest times.
 
     Lifecycle: `await store.open()` before use (creates or migrates the schema, takes any
     instance lock), `await store.close()` at the end; both idempotent. `async with store:` does
@@ -251,6 +252,24 @@ class Store(Protocol):
         self, channel: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[Delivery]:
         """Deliveries, newest first, optionally filtered (for status displays and tests)."""
+        ...
+
+    async def retry_due_count(self, channel: str, now: datetime) -> int:
+        """Pending deliveries of `channel` that were tried and failed (`attempts >= 1`), whose
+        retry time has come (<= `now`) and that are not claimed: what a digest channel sends
+        again before its next scheduled digest. Deliveries never tried are not counted."""
+        ...
+
+    # --- digests -------------------------------------------------------------------------------
+
+    async def last_digest(self, channel: str) -> datetime | None:
+        """When `channel`'s last digest was complete (the scheduled time it covered up to, as
+        given to `set_last_digest`, in UTC), or None if it never had one."""
+        ...
+
+    async def set_last_digest(self, channel: str, at: datetime) -> None:
+        """Remember `at` as `channel`'s last digest, replacing the one stored (even a later
+        one: the caller decides). Kept across restarts; never pruned."""
         ...
 
     # --- alerts --------------------------------------------------------------------------------

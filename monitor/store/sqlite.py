@@ -2,8 +2,8 @@
 
 Every call runs on a dedicated single-thread executor, so the event loop never waits on the
 disk, calls are serialised without further locking, and the connection only ever sees the
-thread that made it. The queries live in `sqlite_feeds`, `sqlite_outbox` and `sqlite_mutes`;
-opening (lock, pragmas, migrations) in `sqlite_schema`.
+thread that made it. The queries live in `sqlite_feeds`, `sqlite_outbox`, `sqlite_mutes` and
+`sqlite_digests`; opening (lock, pragmas, migrations) in `sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from monitor.errors import StoreError
 from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item, Retention
+from monitor.store import sqlite_digests as digests_sql
 from monitor.store import sqlite_feeds as feeds_sql
 from monitor.store import sqlite_mutes as mutes_sql
 from monitor.store import sqlite_outbox as outbox_sql
@@ -291,6 +292,17 @@ class SQLiteStore:
         self, channel: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[Delivery]:
         return await self._run(lambda c: outbox_sql.deliveries(c, channel, status, limit))
+
+    async def retry_due_count(self, channel: str, now: datetime) -> int:
+        return await self._run(lambda c: digests_sql.retry_due_count(c, channel, now))
+
+    # --- digests ---------------------------------------------------------------------------
+
+    async def last_digest(self, channel: str) -> datetime | None:
+        return await self._run(lambda c: digests_sql.last_digest(c, channel))
+
+    async def set_last_digest(self, channel: str, at: datetime) -> None:
+        await self._run(lambda c: digests_sql.set_last_digest(c, channel, at))
 
     # --- alerts ----------------------------------------------------------------------------
 

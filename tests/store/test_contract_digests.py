@@ -1,0 +1,108 @@
+"""The Store contract for digest channels (last digest time, failed digests due again), run
+against every backend like tests/store/test_contract.py, whose backends it reuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from monitor.store import Store
+from tests.store.factories import DAY, HOUR, MINUTE, T0, alert, item, record, spec
+from tests.store.test_contract import BACKENDS, make_store
+
+
+@pytest.fixture(params=BACKENDS)
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """A factory of unopened stores of one backend (on one state location)."""
+    backend: str = request.param
+    return lambda: make_store(backend, tmp_path)
+
+
+@pytest.fixture
+async def store(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
+    """An open store with feed "a" synced at T0."""
+    opened = new_store()
+    await opened.open()
+    try:
+        await opened.sync_feeds([spec("a")], T0)
+        yield opened
+    finally:
+        await opened.close()
+
+
+# --- last digest -------------------------------------------------------------------------------
+
+
+async def test_a_channel_without_a_digest_has_no_last_digest(store: Store) -> None:
+    assert await store.last_digest("mail") is None
+
+
+async def test_set_last_digest_replaces_per_channel(store: Store) -> None:
+    await store.set_last_digest("mail", T0)
+    await store.set_last_digest("news", T0 + HOUR)
+    await store.set_last_digest("mail", T0 + DAY)
+    assert await store.last_digest("mail") == T0 + DAY
+    assert await store.last_digest("news") == T0 + HOUR
+    # The caller decides: an earlier time replaces a later one too.
+    await store.set_last_digest("news", T0)
+    assert await store.last_digest("news") == T0
+
+
+async def test_last_digest_comes_back_in_utc(store: Store) -> None:
+    berlin_summer = timezone(timedelta(hours=2))
+    await store.set_last_digest("mail", datetime(2024, 5, 1, 14, 0, tzinfo=berlin_summer))
+    at = await store.last_digest("mail")
+    assert (at, at.utcoffset() if at else None) == (T0, timedelta(0))
+    with pytest.raises(ValueError, match="naive"):
+        await store.set_last_digest("mail", datetime(2024, 5, 1, 12))
+
+
+async def test_last_digest_survives_a_reopen(new_store: Callable[[], Store]) -> None:
+    store = new_store()  # one object: a MemoryStore keeps its data across close and open
+    async with store:
+        await store.set_last_digest("mail", T0)
+    async with store:
+        assert await store.last_digest("mail") == T0
+
+
+# --- retry_due_count ---------------------------------------------------------------------------
+
+
+async def _two_mail_alerts(store: Store) -> list[int]:
+    """k1 and k2 for channel "mail", written at T0; their delivery ids, oldest first."""
+    await record(
+        store, "a", [item("k1"), item("k2")], [alert(k, channels=["mail"]) for k in ("k1", "k2")]
+    )
+    return [d.id for d in reversed(await store.deliveries("mail"))]
+
+
+async def test_retry_due_count_counts_failed_deliveries_whose_retry_time_came(
+    store: Store,
+) -> None:
+    first, second = await _two_mail_alerts(store)
+    # Never tried: not due for a retry, however late it is.
+    assert await store.retry_due_count("mail", T0 + DAY) == 0
+    await store.claim_deliveries("mail", T0, 10, MINUTE)
+    retry_at = T0 + 10 * MINUTE
+    await store.mark_retry(first, "SMTP 451", now=T0, retry_at=retry_at)
+    await store.release_deliveries([second])
+    assert await store.retry_due_count("mail", retry_at - timedelta(microseconds=1)) == 0
+    assert await store.retry_due_count("mail", retry_at) == 1
+    assert await store.retry_due_count("other", retry_at) == 0
+    # Claimed again: not due while the claim holds; settled: never again.
+    await store.claim_deliveries("mail", retry_at, 10, MINUTE)
+    assert await store.retry_due_count("mail", retry_at) == 0
+    assert await store.retry_due_count("mail", retry_at + MINUTE) == 1
+    await store.mark_sent(first, retry_at)
+    assert await store.retry_due_count("mail", retry_at + DAY) == 0
+
+
+async def test_retry_due_count_leaves_out_uncounted_and_failed_deliveries(store: Store) -> None:
+    first, second = await _two_mail_alerts(store)
+    await store.claim_deliveries("mail", T0, 10, MINUTE)
+    await store.mark_retry(first, "slow down", now=T0, retry_at=T0 + MINUTE, attempt=False)
+    await store.mark_failed(second, "mailbox unavailable", now=T0)
+    assert await store.retry_due_count("mail", T0 + DAY) == 0
