@@ -25,16 +25,21 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from zoneinfo import ZoneInfo
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-from monitor.models import Alert, Match, Rule
+from monitor.models import Alert, Rule
 from monitor.notify.render import local_time, shorten
-from monitor.notify.telegram_render import AlertContext, alert_context, safe_link
+from monitor.notify.telegram_render import (
+    AlertContext,
+    alert_context,
+    safe_link,
+    sample_alerts,
+    template_line,
+)
 from monitor.sources.identity import normalise_link
 
 #: Template names, in the order they are checked.
@@ -226,7 +231,7 @@ class EmailTemplates:
             message = (
                 str(exc) if isinstance(exc, UndefinedError) else f"{type(exc).__name__}: {exc}"
             )
-            raise TemplateProblem(name, message, _template_line(exc.__traceback__)) from exc
+            raise TemplateProblem(name, message, template_line(exc.__traceback__)) from exc
         return _BLANK_LINES.sub("\n\n", text.strip()) + "\n"
 
 
@@ -254,42 +259,11 @@ def compile_templates(sources: Mapping[str, str]) -> EmailTemplates:
 
 def _check(templates: EmailTemplates) -> None:
     tz, until = ZoneInfo("UTC"), datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
-    for sample in _samples():
+    for sample in sample_alerts():
         render_alert_email(sample, "sample", tz, templates)
-    for alerts in (_samples(), ()):
+    for alerts in (sample_alerts(), ()):
         render_digest(alerts, "sample", tz, templates, since=until - timedelta(days=1), until=until)
-    render_burst_email(_samples(), "sample", tz, templates)
-
-
-def _template_line(tb: TracebackType | None) -> int | None:
-    """The innermost template line in a traceback (Jinja2 rewrites frames to point there)."""
-    line = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def _samples() -> tuple[Alert, Alert]:
-    """An alert with every field set, and one with only what an alert always has."""
-    moment = datetime(2026, 11, 28, 7, 15, tzinfo=UTC)
-    full = Alert(
-        feed="Sample Wire",
-        item_key="id:sample",
-        title="Harbour board approves a night ferry to the islands",
-        link="https://news.example/ferry",
-        summary="The harbour board voted to run a night ferry from spring & review it in May.",
-        published=moment,
-        seen_at=moment,
-        matches=(
-            Match("ferries", ("ferry", "harbour*"), ("summary",), ("sample",), "…a night ferry…"),
-        ),
-    )
-    bare = Match("ferries", (), ("title",), ("sample",))
-    return full, replace(
-        full, item_key="id:bare", link="", summary="", published=None, matches=(bare,)
-    )
+    render_burst_email(sample_alerts(), "sample", tz, templates)
 
 
 # --- subjects ----------------------------------------------------------------------------------

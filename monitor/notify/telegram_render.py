@@ -158,7 +158,7 @@ def compile_template(source: str | None) -> AlertTemplate:
         compiled = AlertTemplate(text, _ENV.from_string(text))
     except TemplateSyntaxError as exc:
         raise TemplateProblem(exc.message or "syntax error", exc.lineno) from exc
-    full, bare = (alert_context(a, "sample", ZoneInfo("UTC")) for a in _samples())
+    full, bare = (alert_context(a, "sample", ZoneInfo("UTC")) for a in sample_alerts())
     compiled.render(full)
     compiled._render(bare)  # may be empty: a template may show only the optional parts
     return compiled
@@ -168,10 +168,10 @@ def _problem(exc: Exception) -> TemplateProblem:
     message = str(exc) if isinstance(exc, UndefinedError) else f"{type(exc).__name__}: {exc}"
     if message.endswith(" is undefined"):
         message += f" (variables: {', '.join(VARIABLES)})"
-    return TemplateProblem(message, _template_line(exc.__traceback__))
+    return TemplateProblem(message, template_line(exc.__traceback__))
 
 
-def _template_line(tb: TracebackType | None) -> int | None:
+def template_line(tb: TracebackType | None) -> int | None:
     """The innermost template line in a traceback (Jinja2 rewrites frames to point there)."""
     line = None
     while tb is not None:
@@ -181,7 +181,7 @@ def _template_line(tb: TracebackType | None) -> int | None:
     return line
 
 
-def _samples() -> tuple[Alert, Alert]:
+def sample_alerts() -> tuple[Alert, Alert]:
     """An alert with every field set, and one with only what an alert always has."""
     moment = datetime(2026, 11, 28, 8, 15, tzinfo=UTC)
     full = Alert(
@@ -197,7 +197,9 @@ def _samples() -> tuple[Alert, Alert]:
         ),
     )
     bare = Match("ferries", (), ("title",), ("sample",))
-    return full, replace(full, link="", summary="", published=None, matches=(bare,))
+    return full, replace(
+        full, item_key="id:bare", link="", summary="", published=None, matches=(bare,)
+    )
 
 
 # --- one alert ---------------------------------------------------------------------------------
