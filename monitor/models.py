@@ -63,6 +63,21 @@ class FeedSpec:
     first_fetch: FirstFetch = FirstFetch()
     #: Bounds on each fetch.
     limits: FetchLimits = FetchLimits()
+    #: Shortest time between polls when adapting (None: `interval`; never polled faster).
+    min_interval: timedelta | None = None
+    #: Longest time between polls a server hint (max-age, Expires, RSS ttl) or a quiet feed
+    #: may stretch the interval to (None: 4 x `interval`).
+    max_interval: timedelta | None = None
+    #: Follow the feed's observed posting rate within [min_interval, max_interval].
+    adaptive: bool = False
+
+    @property
+    def interval_floor(self) -> timedelta:
+        return min(self.min_interval or self.interval, self.interval)
+
+    @property
+    def interval_ceiling(self) -> timedelta:
+        return max(self.max_interval or 4 * self.interval, self.interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +192,20 @@ class FeedState:
     items_seen: int = 0
     #: Last non-fatal parse warning ("" when the last parse was clean).
     last_warning: str = ""
+    #: First failure of the current run of failures (None while the feed is healthy).
+    failing_since: datetime | None = None
+    #: When the feed was declared dead (410 Gone, or failing for `poll.dead_after`); a dead
+    #: feed is never claimed until revived (`monitor feeds --retry`, or a new URL).
+    dead_since: datetime | None = None
+    #: Why it was declared dead.
+    dead_reason: str = ""
+    #: Last poll that stored new items (after the first fetch).
+    last_new_at: datetime | None = None
+    #: Usual time between polls that found new items (moving average), once known.
+    cadence: timedelta | None = None
+    #: Last feed-health notice sent to the admin channel ("" none, or "failing", "dead",
+    #: "silent", "churn"); a notice is sent once per change of this value.
+    notice: str = ""
 
 
 # --- rules and matches -------------------------------------------------------------------------
@@ -432,6 +461,24 @@ class PollPolicy:
     max_items: int = 500
     #: The User-Agent header sent with every fetch.
     user_agent: str = ""
+    #: Shortest time between the starts of two fetches from one host (politeness floor).
+    host_interval: timedelta = timedelta(milliseconds=200)
+    #: A feed failing without a break for this long is declared dead (410 Gone at once).
+    dead_after: timedelta = timedelta(days=3)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """Where feed-health notices go (`admin:` in the config)."""
+
+    #: A configured channel.
+    channel: str
+    #: A feed failing without a break for this long is reported (once per run of failures).
+    failing_after: timedelta = timedelta(hours=1)
+    #: A feed with no new item for this many times its usual cadence is reported as silent…
+    silent_factor: float = 10.0
+    #: …but never sooner than this after its last new item.
+    silent_min: timedelta = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,5 +497,7 @@ class Config:
     poll: PollPolicy = PollPolicy()
     delivery: DeliveryPolicy = DeliveryPolicy()
     retention: Retention = Retention()
+    #: Feed-health notices; None when not configured.
+    admin: AdminSettings | None = None
     #: Values substituted from the environment (`${NAME}`): never to be printed.
     secrets: frozenset[str] = frozenset()

@@ -99,6 +99,20 @@ def item_key(draft: Draft) -> str | None:
     return None
 
 
+def fingerprint(link: str, title: str) -> str | None:
+    """A second identity for a stored item: its link (scheme dropped, normalised) and title.
+
+    Some feeds rewrite every guid (http to https, a new host, ids regenerated on each build);
+    the same story then comes with a new key but the same link and title, and must not alert
+    again. None when the link or the title is missing: a feed listing every item under one
+    link (or with no titles) tells its items apart only by id.
+    """
+    if not link or not title.strip():
+        return None
+    canonical = normalise_link(link).partition("://")[2]
+    return _sha256(f"{canonical}\n{' '.join(title.casefold().split())}")[:32]
+
+
 def _sha256(text: str) -> str:
     # surrogatepass: a lone surrogate in an id must hash, not crash.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -116,3 +116,20 @@ def delivery_targets(alert: Alert, targets: Mapping[str, tuple[str, ...]]) -> li
     return [
         (channel, target) for channel in alert.channels for target in targets.get(channel, ("",))
     ]
+
+
+#: Weight of the newest gap in the moving average of a feed's cadence.
+CADENCE_WEIGHT = 0.3
+
+
+def next_cadence(
+    cadence: timedelta | None, last_new_at: datetime | None, now: datetime
+) -> timedelta | None:
+    """The feed's usual time between polls finding new items, after one more such poll at
+    `now`: an exponential moving average of the gaps, started by the first gap."""
+    if last_new_at is None or now <= last_new_at:
+        return cadence
+    gap = now - last_new_at
+    if cadence is None:
+        return gap
+    return cadence * (1 - CADENCE_WEIGHT) + gap * CADENCE_WEIGHT

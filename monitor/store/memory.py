@@ -25,6 +25,7 @@ from monitor.models import (
     Item,
     Retention,
 )
+from monitor.sources.identity import fingerprint
 from monitor.store.codec import utc
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
@@ -35,6 +36,7 @@ from monitor.store.common import (
     first_per_key,
     first_poll_at,
     lease_live,
+    next_cadence,
     stored_item,
 )
 from monitor.store.protocol import Pruned, Recorded
@@ -56,6 +58,8 @@ class _Item:
     text_pruned: bool
     #: Insertion order, the tie-break between items seen at the same instant.
     seq: int
+    #: Second identity (link and title), see `identity.fingerprint`.
+    alt: str | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +90,8 @@ class MemoryStore:
         self._open = False
         self._feeds: dict[str, _Feed] = {}
         self._items: dict[tuple[str, str], _Item] = {}
+        #: (feed, fingerprint) -> key of the first item stored with it.
+        self._alts: dict[tuple[str, str], str] = {}
         self._alerts: dict[int, _Alert] = {}
         self._deliveries: dict[int, _Delivery] = {}
         #: rule -> until; the time a mute was set is not needed by any read.
@@ -150,7 +156,16 @@ class MemoryStore:
                 self._feeds[spec.name] = _Feed(FeedState(spec.name, spec.url, next_poll_at=first))
             elif row.state.url != spec.url:
                 # Another URL may be another source: seed it again rather than risk a flood.
-                row.state = replace(row.state, url=spec.url, cache=CacheInfo(), seeded=False)
+                row.state = replace(
+                    row.state,
+                    url=spec.url,
+                    cache=CacheInfo(),
+                    seeded=False,
+                    dead_since=None,
+                    dead_reason="",
+                    failing_since=None,
+                    consecutive_failures=0,
+                )
 
     async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
         self._check()
@@ -159,6 +174,7 @@ class MemoryStore:
             row
             for row in self._feeds.values()
             if row.active
+            and row.state.dead_since is None
             and row.state.next_poll_at is not None
             and row.state.next_poll_at <= now
             and not lease_live(row.lease_until, now)
@@ -204,6 +220,11 @@ class MemoryStore:
         n_alerts, n_deliveries = self._store_alerts(
             feed, clean_alerts, {i.key for i in new_items}, chosen, now
         )
+        last_new_at, cadence = row.state.last_new_at, row.state.cadence
+        if not row.state.seeded:
+            last_new_at = now
+        elif new_items:
+            cadence, last_new_at = next_cadence(cadence, last_new_at, now), now
         row.state = replace(
             row.state,
             cache=CacheInfo(cache.etag, cache.last_modified),
@@ -215,6 +236,9 @@ class MemoryStore:
             seeded=True,
             items_seen=row.state.items_seen + len(new_items),
             last_warning=warning,
+            failing_since=None,
+            last_new_at=last_new_at,
+            cadence=cadence,
         )
         row.last_fetched_at = now
         row.lease_until = None
@@ -228,7 +252,10 @@ class MemoryStore:
         for given, kept in prepared:
             stored = self._items.get((feed, kept.key))
             if stored is None:
-                self._items[(feed, kept.key)] = _Item(kept, now, False, next(self._seq))
+                alt = fingerprint(kept.link, kept.title)
+                self._items[(feed, kept.key)] = _Item(kept, now, False, next(self._seq), alt)
+                if alt is not None:
+                    self._alts.setdefault((feed, alt), kept.key)
                 new_items.append(replace(kept, content=given.content))
             elif stored.last_seen_at < now - LAST_SEEN_REFRESH:
                 stored.last_seen_at = now
@@ -278,21 +305,77 @@ class MemoryStore:
             last_success_at=now,
             last_error="",
             consecutive_failures=0,
+            failing_since=None,
         )
         row.lease_until = None
 
     async def record_failure(
-        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime
+        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False
     ) -> None:
         row = self._feed(feed)
+        now = utc(now)
         row.state = replace(
             row.state,
             next_poll_at=utc(next_poll_at),
-            last_polled_at=utc(now),
+            last_polled_at=now,
             last_error=error,
             consecutive_failures=row.state.consecutive_failures + 1,
+            failing_since=row.state.failing_since or now,
+            dead_since=now if dead else row.state.dead_since,
+            dead_reason=error if dead else row.state.dead_reason,
         )
         row.lease_until = None
+
+    async def revive_feeds(self, names: Sequence[str], now: datetime) -> list[str]:
+        self._check()
+        found = [n for n in dict.fromkeys(names) if n in self._feeds]
+        for name in found:
+            row = self._feeds[name]
+            row.state = replace(
+                row.state,
+                dead_since=None,
+                dead_reason="",
+                failing_since=None,
+                consecutive_failures=0,
+                next_poll_at=utc(now),
+            )
+        return found
+
+    async def record_notice(
+        self,
+        feed: str,
+        kind: str,
+        alert: Alert | None,
+        *,
+        now: datetime,
+        targets: Mapping[str, Sequence[str]] | None = None,
+    ) -> int:
+        row = self._feed(feed)
+        now = utc(now)
+        written = 0
+        if alert is not None:
+            clean = clean_alert(alert)
+            chosen = clean_targets(targets)
+            alert_id = next(self._ids)
+            self._alerts[alert_id] = _Alert(clean, now)
+            for channel, target in delivery_targets(clean, chosen):
+                delivery_id = next(self._ids)
+                self._deliveries[delivery_id] = _Delivery(
+                    delivery_id, alert_id, channel, target, now
+                )
+                written += 1
+        row.state = replace(row.state, notice=kind)
+        return written
+
+    async def seen_alike(self, feed: str, items: Sequence[Item]) -> set[str]:
+        self._check()
+        alike: set[str] = set()
+        for item in items:
+            alt = fingerprint(item.link, item.title)
+            known = None if alt is None else self._alts.get((feed, alt))
+            if known is not None and known != item.key:
+                alike.add(item.key)
+        return alike
 
     async def release_feeds(self, names: Sequence[str]) -> None:
         self._check()
@@ -493,7 +576,9 @@ class MemoryStore:
             if row.last_seen_at < seen_cutoff and self._left_feed(key[0], row.last_seen_at)
         ]
         for key in forget:
-            del self._items[key]
+            alt = self._items.pop(key).alt
+            if alt is not None and self._alts.get((key[0], alt)) == key[1]:
+                del self._alts[(key[0], alt)]
         texts = 0
         text_cutoff = cutoff(now, retention.text)
         for row in self._items.values():

@@ -86,14 +86,15 @@ class Store(Protocol):
         A new feed gets a first poll time spread over [now, now + min(interval, 1 min, 50 ms per
         new feed)) so a start with many feeds does not burst. A feed whose URL changed keeps
         its seen items but loses its cache validators and is seeded again (another URL may be
-        another source, and its backlog must not flood). Feeds no longer configured are kept
-        (their seen items too) but never returned by `claim_due_feeds`. Existing poll times are
-        kept (a restart resumes the schedule).
+        another source, and its backlog must not flood); it is also revived if dead. Feeds no
+        longer configured are kept (their seen items too) but never returned by
+        `claim_due_feeds`. Existing poll times are kept (a restart resumes the schedule).
         """
         ...
 
     async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
-        """Claim up to `limit` configured feeds whose next poll time is <= `now`, oldest first.
+        """Claim up to `limit` configured live (not dead) feeds whose next poll time is <= `now`,
+        oldest first.
 
         A claimed feed is not returned again until it is finished (`record_items`,
         `record_not_modified`, `record_failure`), released (`release_feeds`) or `now + lease`
@@ -108,7 +109,7 @@ class Store(Protocol):
         ...
 
     async def feed_states(self) -> list[FeedState]:
-        """All configured feeds' states, by name."""
+        """All configured feeds' states (dead ones too), by name."""
         ...
 
     async def unseen(self, feed: str, keys: Sequence[str]) -> set[str]:
@@ -147,6 +148,10 @@ class Store(Protocol):
         returned `new_items` carry that time and keep their `content`, which is not stored.
         Alerts of another feed, and a second alert for one item, are dropped too. StoreError
         if `feed` was never synced (same for `record_not_modified` and `record_failure`).
+
+        Health: clears `failing_since`; when the feed was seeded and this call stored new
+        items, updates `cadence` from the time since `last_new_at` (see `common.next_cadence`)
+        and sets `last_new_at = now`; the first fetch sets `last_new_at = now` only.
         """
         ...
 
@@ -158,7 +163,7 @@ class Store(Protocol):
         next_poll_at: datetime,
         cache: CacheInfo | None = None,
     ) -> None:
-        """Finish a poll that got 304: success, releases the claim, nothing else changes.
+        """Finish a poll that got 304: success (clears `failing_since`), releases the claim.
 
         A 304 may carry new validators (a new ETag): given `cache`, they replace the stored
         ones, both fields as given (like `record_items`); without it the stored ones stay.
@@ -167,9 +172,44 @@ class Store(Protocol):
         ...
 
     async def record_failure(
-        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime
+        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False
     ) -> None:
-        """Finish a failed poll: keep `error`, count it, set the next poll, release the claim."""
+        """Finish a failed poll: keep `error`, count it, set the next poll, release the claim.
+
+        The first failure after a success sets `failing_since` to `now` (any success clears
+        it). With `dead`, the feed is also declared dead (`dead_since = now`, `dead_reason =
+        error`): `claim_due_feeds` skips it until `revive_feeds`, or `sync_feeds` with a new URL.
+        """
+        ...
+
+    async def revive_feeds(self, names: Sequence[str], now: datetime) -> list[str]:
+        """Bring dead feeds back: clear the dead mark, the failure count and `failing_since`,
+        and make them due at `now`. Feeds that are alive are made due at `now` too (a manual
+        retry). Returns the names found, in the order given; unknown names are ignored.
+        """
+        ...
+
+    async def record_notice(
+        self,
+        feed: str,
+        kind: str,
+        alert: Alert | None,
+        *,
+        now: datetime,
+        targets: Mapping[str, Sequence[str]] | None = None,
+    ) -> int:
+        """Remember `kind` as the feed's last health notice (`FeedState.notice`) and, in the
+        same transaction, store `alert` (a notice for the admin channel, whatever its
+        `item_key`: notices are not items) with one pending delivery per channel and target as
+        in `record_items`. Returns the deliveries written. StoreError for an unknown feed.
+        """
+        ...
+
+    async def seen_alike(self, feed: str, items: Sequence[Item]) -> set[str]:
+        """Keys of `items` stored under another key for `feed` with the same fingerprint (the
+        same normalised link and title, see `identity.fingerprint`): the same story whose id
+        changed. Items with no fingerprint (no link or no title) are never alike.
+        """
         ...
 
     async def release_feeds(self, names: Sequence[str]) -> None:

@@ -21,6 +21,7 @@ from monitor.errors import StoreError
 from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item, Retention
 from monitor.store import sqlite_digests as digests_sql
 from monitor.store import sqlite_feeds as feeds_sql
+from monitor.store import sqlite_health as health_sql
 from monitor.store import sqlite_mutes as mutes_sql
 from monitor.store import sqlite_outbox as outbox_sql
 from monitor.store.common import clean_targets
@@ -232,9 +233,30 @@ class SQLiteStore:
         await self._run(lambda c: feeds_sql.record_not_modified(c, feed, now, next_poll_at, cache))
 
     async def record_failure(
-        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime
+        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False
     ) -> None:
-        await self._run(lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at))
+        await self._run(lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at, dead))
+
+    async def revive_feeds(self, names: Sequence[str], now: datetime) -> list[str]:
+        wanted = list(names)
+        return await self._run(lambda c: health_sql.revive_feeds(c, wanted, now))
+
+    async def record_notice(
+        self,
+        feed: str,
+        kind: str,
+        alert: Alert | None,
+        *,
+        now: datetime,
+        targets: Mapping[str, Sequence[str]] | None = None,
+    ) -> int:
+        return await self._run(
+            lambda c: health_sql.record_notice(c, feed, kind, alert, now, targets)
+        )
+
+    async def seen_alike(self, feed: str, items: Sequence[Item]) -> set[str]:
+        wanted = list(items)
+        return await self._run(lambda c: health_sql.seen_alike(c, feed, wanted))
 
     async def release_feeds(self, names: Sequence[str]) -> None:
         wanted = tuple(names)

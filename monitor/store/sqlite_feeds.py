@@ -13,6 +13,7 @@ from typing import Any
 
 from monitor.errors import StoreError
 from monitor.models import Alert, CacheInfo, FeedSpec, FeedState, Item
+from monitor.sources.identity import fingerprint
 from monitor.store.codec import (
     dt_to_text,
     json_to_tags,
@@ -29,6 +30,7 @@ from monitor.store.common import (
     delivery_targets,
     first_per_key,
     first_poll_at,
+    next_cadence,
     stored_item,
 )
 from monitor.store.protocol import Recorded
@@ -39,7 +41,8 @@ CHUNK = 500
 
 _FEED_COLUMNS = (
     "name, url, etag, last_modified, next_poll_at, last_polled_at, last_success_at,"
-    " last_error, consecutive_failures, seeded, items_seen, last_warning"
+    " last_error, consecutive_failures, seeded, items_seen, last_warning,"
+    " failing_since, dead_since, dead_reason, last_new_at, cadence, notice"
 )
 _ITEM_COLUMNS = "feed, key, title, link, summary, author, tags_json, published, seen_at"
 
@@ -66,6 +69,12 @@ def _feed_state(row: Any) -> FeedState:
         seeded=bool(row[9]),
         items_seen=row[10],
         last_warning=row[11],
+        failing_since=opt_text_to_dt(row[12]),
+        dead_since=opt_text_to_dt(row[13]),
+        dead_reason=row[14],
+        last_new_at=opt_text_to_dt(row[15]),
+        cadence=None if row[16] is None else timedelta(seconds=row[16]),
+        notice=row[17],
     )
 
 
@@ -109,8 +118,9 @@ def sync_feeds(conn: sqlite3.Connection, feeds: Sequence[FeedSpec], now: datetim
         )
         # Another URL may be another source: seed it again rather than risk a flood.
         conn.executemany(
-            "UPDATE feeds SET url = ?, etag = NULL, last_modified = NULL, seeded = 0"
-            " WHERE name = ?",
+            "UPDATE feeds SET url = ?, etag = NULL, last_modified = NULL, seeded = 0,"
+            " dead_since = NULL, dead_reason = '', failing_since = NULL,"
+            " consecutive_failures = 0 WHERE name = ?",
             [
                 (s.url, s.name)
                 for s in configured.values()
@@ -126,7 +136,7 @@ def claim_due_feeds(
     with transaction(conn):
         rows = conn.execute(
             f"SELECT {_FEED_COLUMNS} FROM feeds"
-            " WHERE active = 1 AND next_poll_at <= ?"
+            " WHERE active = 1 AND dead_since IS NULL AND next_poll_at <= ?"
             " AND (lease_until IS NULL OR lease_until <= ?)"
             " ORDER BY next_poll_at, name LIMIT ?",
             (now_text, now_text, max(limit, 0)),
@@ -159,7 +169,7 @@ def record_not_modified(
     # Without new validators the stored ones stay: CASE keeps it one statement.
     cursor = conn.execute(
         "UPDATE feeds SET next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
-        " last_error = '', consecutive_failures = 0, lease_until = NULL,"
+        " last_error = '', consecutive_failures = 0, failing_since = NULL, lease_until = NULL,"
         " etag = CASE WHEN :replace THEN :etag ELSE etag END,"
         " last_modified = CASE WHEN :replace THEN :last_modified ELSE last_modified END"
         " WHERE name = :feed",
@@ -177,12 +187,27 @@ def record_not_modified(
 
 
 def record_failure(
-    conn: sqlite3.Connection, feed: str, error: str, now: datetime, next_poll_at: datetime
+    conn: sqlite3.Connection,
+    feed: str,
+    error: str,
+    now: datetime,
+    next_poll_at: datetime,
+    dead: bool = False,
 ) -> None:
     cursor = conn.execute(
-        "UPDATE feeds SET next_poll_at = ?, last_polled_at = ?, last_error = ?,"
-        " consecutive_failures = consecutive_failures + 1, lease_until = NULL WHERE name = ?",
-        (dt_to_text(next_poll_at), dt_to_text(now), error, feed),
+        "UPDATE feeds SET next_poll_at = :next, last_polled_at = :now, last_error = :error,"
+        " consecutive_failures = consecutive_failures + 1, lease_until = NULL,"
+        " failing_since = COALESCE(failing_since, :now),"
+        " dead_since = CASE WHEN :dead THEN :now ELSE dead_since END,"
+        " dead_reason = CASE WHEN :dead THEN :error ELSE dead_reason END"
+        " WHERE name = :feed",
+        {
+            "next": dt_to_text(next_poll_at),
+            "now": dt_to_text(now),
+            "error": error,
+            "dead": dead,
+            "feed": feed,
+        },
     )
     if cursor.rowcount == 0:
         _require_feed(conn, feed)
@@ -232,17 +257,18 @@ def record_items(
         fresh = unseen(conn, feed, [kept.key for _, kept in unique])
         new = [(given, kept) for given, kept in unique if kept.key in fresh]
         conn.executemany(
-            f"INSERT INTO items ({_ITEM_COLUMNS}, last_seen_at) VALUES ({marks(10)})",
-            [(*_item_row(kept), now_text) for _, kept in new],
+            f"INSERT INTO items ({_ITEM_COLUMNS}, last_seen_at, alt) VALUES ({marks(11)})",
+            [(*_item_row(kept), now_text, fingerprint(kept.link, kept.title)) for _, kept in new],
         )
         _refresh_last_seen(conn, feed, [k.key for _, k in unique if k.key not in fresh], now)
         n_alerts, n_deliveries = _insert_alerts(conn, feed, clean_alerts, fresh, chosen, now_text)
+        _record_cadence(conn, feed, now, bool(new))
         conn.execute(
             "UPDATE feeds SET etag = :etag, last_modified = :last_modified,"
             " next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
             " last_error = '', consecutive_failures = 0, seeded = 1,"
             " items_seen = items_seen + :new, last_warning = :warning, lease_until = NULL,"
-            " last_fetched_at = :now WHERE name = :feed",
+            " last_fetched_at = :now, failing_since = NULL WHERE name = :feed",
             {
                 "etag": cache.etag,
                 "last_modified": cache.last_modified,
@@ -255,6 +281,23 @@ def record_items(
         )
     new_items = tuple(replace(kept, content=given.content) for given, kept in new)
     return Recorded(new_items, n_alerts, n_deliveries)
+
+
+def _record_cadence(conn: sqlite3.Connection, feed: str, now: datetime, stored_new: bool) -> None:
+    """Before the row's `seeded` is set: the first fetch starts the clock, later fetches
+    that stored new items update the moving average (see `common.next_cadence`)."""
+    row = conn.execute(
+        "SELECT seeded, last_new_at, cadence FROM feeds WHERE name = ?", (feed,)
+    ).fetchone()
+    if row[0] and not stored_new:
+        return
+    cadence = None if row[2] is None else timedelta(seconds=row[2])
+    if row[0]:
+        cadence = next_cadence(cadence, opt_text_to_dt(row[1]), now)
+    conn.execute(
+        "UPDATE feeds SET last_new_at = ?, cadence = ? WHERE name = ?",
+        (dt_to_text(now), None if cadence is None else cadence.total_seconds(), feed),
+    )
 
 
 def _item_row(item: Item) -> tuple[object, ...]:

@@ -333,6 +333,8 @@ async def test_record_items_updates_the_feed_state(store: Store) -> None:
         seeded=True,
         items_seen=3,
         last_warning="recovered from malformed XML",
+        last_new_at=T0 + 2 * MINUTE,
+        cadence=MINUTE,
     )
 
 
@@ -411,6 +413,7 @@ async def test_failures_count_up_and_a_304_resets_them(store: Store) -> None:
     assert (failed.consecutive_failures, failed.last_error) == (2, "timed out")
     assert (failed.last_polled_at, failed.last_success_at) == (T0 + 2 * MINUTE, T0)
     assert failed.next_poll_at == T0 + HOUR
+    assert failed.failing_since == T0 + MINUTE
     await store.record_not_modified("a", now=T0 + HOUR, next_poll_at=T0 + 2 * HOUR)
     assert await store.feed_state("a") == dataclasses.replace(
         failed,
@@ -419,6 +422,7 @@ async def test_failures_count_up_and_a_304_resets_them(store: Store) -> None:
         last_polled_at=T0 + HOUR,
         last_success_at=T0 + HOUR,
         next_poll_at=T0 + 2 * HOUR,
+        failing_since=None,
     )
 
 
