@@ -1,10 +1,12 @@
 """`monitor digest`: send an email channel's digest now, or preview it as an HTML file.
 
-`--now` sends what is pending as a scheduled digest would, and closes the period (it needs the
-state file to itself: a running daemon holds it). `--preview` opens the state read-only, beside
-a running daemon, and writes the first recipient's digest to a file: nothing is sent or
-marked. Exit 0 when done, 1 when a digest (or the state file) failed, 2 for an invalid config
-or a channel that is not an email channel in digest mode.
+`--now` sends what a scheduled digest would send now, and closes the period: every pending
+alert that is due (never tried, or failed and due for its retry; those still waiting for
+their retry time are left to the daemon's retries), for the recipients listed in `to`. It
+needs the state file to itself (a running daemon holds it). `--preview` opens the state
+read-only, beside a running daemon, and writes the first recipient's copy of that same digest
+to a file: nothing is sent or marked. Exit 0 when done, 1 when a digest (or the state file)
+failed, 2 for an invalid config or a channel that is not an email channel in digest mode.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ async def send_now(config: Config, spec: ChannelSpec) -> DigestReport:
         digester, notifier = _digester(config, spec, store)
         # Entering the notifier checks the login: refused credentials fail here (ChannelError).
         async with notifier:
+            # Holding the state file, no digest can be running: claims left in it are those
+            # of a digest cut short, and go out now.
+            await digester.recover()
             return await digester.run(spec.name, _now())
 
 
@@ -121,6 +126,8 @@ def describe(report: DigestReport) -> str:
     lines = []
     for r in report.recipients:
         what = f"{r.alerts} alert{'' if r.alerts == 1 else 's'}"
+        if r.gave_up:
+            what += f", {r.gave_up} given up after their last attempt"
         status = {"sent": "sent", "failed": "FAILED", "retrying": "RETRYING", "held": "HELD"}
         tail = f": {r.error}" if r.error else ""
         lines.append(f"{report.channel} {r.target}: {status[r.outcome]} ({what}){tail}")

@@ -1,13 +1,16 @@
 """End to end through email: feed server -> daemon -> a real SMTP server (aiosmtpd) on
-loopback, instant and as a digest caught up after a missed schedule."""
+loopback, instant and as a digest caught up after a missed schedule, across real restarts
+(the daemon closed and a new one started on the same state file)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor.config import load_config
 from monitor.daemon import Daemon
+from monitor.digest import LEASE
 from tests.builders import rss, write_config
 from tests.feedserver import FeedServer
 from tests.smtpserver import SmtpServer
@@ -67,6 +70,24 @@ async def test_each_recipient_gets_one_safe_multipart_email(
         assert "Envoys leave AT&T & go" in text
 
 
+async def start_and_stop(path: Path) -> None:
+    """A daemon's whole start-up path on `path` (catch-up of missed digests included), then
+    its shutdown: `run` with the stop already requested."""
+    stop = asyncio.Event()
+    stop.set()
+    async with Daemon(load_config(path)) as daemon:
+        await daemon.run(stop)
+
+
+def digests_to(smtp: SmtpServer, recipient: str) -> list[str]:
+    """The plain text of each digest `recipient` got, in order."""
+    return [
+        r.message.get_body(("plain",)).get_content()
+        for r in smtp.received
+        if r.rcpt_tos == (recipient,)
+    ]
+
+
 async def test_a_missed_digest_is_sent_once_after_a_restart(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
@@ -79,14 +100,34 @@ async def test_a_missed_digest_is_sent_once_after_a_restart(
             report = await daemon.once()
             assert report.dispatch.sent == 0  # digest channels wait for their schedule
             assert smtp.received == []
-            # The daemon "was down" over the last full hour: its digest was missed.
-            two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
-            await daemon.store.set_last_digest("analysts", two_hours_ago)
-            first = await daemon.digester.catch_up(datetime.now(UTC))
-            second = await daemon.digester.catch_up(datetime.now(UTC))
-        assert [r.channel for r in first] == ["analysts"]
-        assert second == []
+            # Its last digest was two hours ago, and the process dies in the middle of the
+            # next one: its deliveries are claimed, nothing is marked.
+            now = datetime.now(UTC)
+            await daemon.store.set_last_digest("analysts", now - timedelta(hours=2))
+            claimed = await daemon.store.claim_deliveries("analysts", now, 100, LEASE)
+            assert len(claimed) == 2
+        # Down over the last full hour. The next start sends the missed digest...
+        await start_and_stop(path)
+        assert sorted(r.rcpt_tos[0] for r in smtp.received) == ["a@desk.example", "b@desk.example"]
+        # ...and the one after that does not send it again.
+        await start_and_stop(path)
+        assert len(smtp.received) == 2
+        # A new story goes out with the next scheduled digest, alone.
+        async with Daemon(load_config(path)) as daemon:
+            newer = rss([("g4", "Talks resume in Oslo"), *NEW])
+            feed_server.set("/wire.xml", newer, validators=False)
+            await daemon.once()
+            last = await daemon.store.last_digest("analysts")
+            assert last is not None
+            slot = daemon.digester.next_run("analysts", last)
+            next_digest = await daemon.digester.run("analysts", datetime.now(UTC), scheduled=slot)
+            assert next_digest.ok
         received = list(smtp.received)
-    assert sorted(r.rcpt_tos[0] for r in received) == ["a@desk.example", "b@desk.example"]
+    for recipient in ("a@desk.example", "b@desk.example"):
+        first, second = digests_to(smtp, recipient)
+        assert "Talks stall" in first
+        assert "Talks resume in Oslo" not in first
+        assert "Talks resume in Oslo" in second
+        assert "Talks stall" not in second  # never in two digests
     assert all("Digest" in r.message["Subject"] for r in received)
-    assert all("Talks stall" in r.message.get_body(("plain",)).get_content() for r in received)
+    assert len({r.message["Message-ID"] for r in received}) == 4

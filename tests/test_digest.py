@@ -4,22 +4,26 @@ across DST; empty digests; a preview that touches nothing; and one real email ov
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from monitor.digest import Digester
-from monitor.errors import ChannelError, DeliveryError, TargetError
+from monitor.config import load_config
+from monitor.digest import Digester, cron_trigger
+from monitor.errors import ChannelError, ConfigError, DeliveryError, TargetError
 from monitor.models import (
     Alert,
     CacheInfo,
     ChannelSpec,
+    Delivery,
     DeliveryPolicy,
     DigestSettings,
     EmailSettings,
@@ -31,25 +35,33 @@ from monitor.models import (
 from monitor.notify.email import EmailNotifier
 from monitor.notify.email_render import RenderedEmail
 from monitor.store import SQLiteStore, Store
+from tests.builders import write_config
 from tests.smtpserver import SmtpServer
 
 BERLIN = ZoneInfo("Europe/Berlin")
 #: 08:00 in Berlin (summer time) on 2024-05-01, the daily digest time.
 EIGHT = datetime(2024, 5, 1, 6, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)
 POLICY = DeliveryPolicy(retry_base=timedelta(seconds=10), retry_cap=MINUTE, max_attempts=3)
 ANN, BOB = "ann@example.org", "bob@example.org"
 FEED = FeedSpec(name="wire", url="https://news.example/feed.xml", interval=timedelta(minutes=5))
 
 
-def email_settings(*, send_empty: bool = False, port: int = 25) -> EmailSettings:
+def email_settings(
+    *,
+    send_empty: bool = False,
+    port: int = 25,
+    to: tuple[str, ...] = (ANN, BOB),
+    cron: str = "0 8 * * *",
+) -> EmailSettings:
     return EmailSettings(
         smtp=SmtpSettings(host="127.0.0.1", port=port, security="none"),
         sender="monitor@example.org",
-        to=(ANN, BOB),
+        to=to,
         subject_prefix="[news]",
-        digest=DigestSettings(cron="0 8 * * *", send_empty=send_empty),
+        digest=DigestSettings(cron=cron, send_empty=send_empty),
     )
 
 
@@ -77,23 +89,37 @@ class FakeEmail:
     script: dict[str, list[Exception]] = field(default_factory=dict)
     sent: list[Sent] = field(default_factory=list)
     tried: list[Sent] = field(default_factory=list)
+    #: When set, each send waits for it (after setting `started`): a send in flight.
+    gate: asyncio.Event | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.spec = email_spec(self.settings)
 
     async def send_email(self, target: str, rendered: RenderedEmail, message_id: str) -> None:
         self.tried.append(Sent(target, rendered, message_id))
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
         failures = self.script.get(target)
         if failures:
             raise failures.pop(0)
         self.sent.append(Sent(target, rendered, message_id))
 
-    def message_id(self, kind: str, ids: Sequence[int], target: str) -> str:
-        return f"<{kind}.{','.join(map(str, ids))}.{target}>"
+    def message_id(self, kind: str, deliveries: Sequence[Delivery], target: str) -> str:
+        return f"<{kind}.{','.join(str(d.id) for d in deliveries)}.{target}>"
 
     def to(self, target: str) -> list[list[str]]:
         """The stories of each digest `target` got, in order."""
         return [s.stories for s in self.sent if s.target == target]
+
+
+async def in_flight(channel: FakeEmail, job: asyncio.Task[Any]) -> None:
+    """Wait until `job` is sending through `channel` (or has ended: a failure, not a hang)."""
+    started = asyncio.ensure_future(channel.started.wait())
+    await asyncio.wait([started, job], return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    assert channel.started.is_set(), f"the digest ended without sending: {job}"
 
 
 class Clock:
@@ -175,15 +201,19 @@ async def test_a_failed_digest_is_retried_alone_and_no_alert_is_in_two_digests(
     digests = digester(store, channel, clock)
     report = await digests.run("mail", EIGHT, scheduled=EIGHT)
     assert [(r.target, r.outcome) for r in report.recipients] == [(ANN, "retrying"), (BOB, "sent")]
-    assert not report.complete
-    assert await store.last_digest("mail") is None  # the period is not closed yet
+    # Every recipient was tried: the 08:00 digest was carried out; Ann's is retried alone.
+    assert report.complete
+    assert await store.last_digest("mail") == EIGHT
     # A story found after the failed digest waits for the next scheduled one.
     await alerts(store, [3], EIGHT + 2 * MINUTE)
     clock.now = EIGHT + 2 * MINUTE
-    assert await digests.retry_due(clock.now) != []
+    [retried] = await digests.retry_due(clock.now)
     assert channel.to(ANN) == [["Story 1", "Story 2"]]  # the failed digest, again
     assert channel.tried[0].message_id == channel.sent[-1].message_id
-    assert await store.last_digest("mail") == EIGHT
+    # The same email as the first try: the same period in its heading.
+    assert channel.tried[0].rendered == channel.sent[-1].rendered
+    assert retried.until == EIGHT
+    assert await store.last_digest("mail") == EIGHT  # a retry never moves it
     assert await digests.retry_due(clock.now + DAY) == []  # nothing failed any more
     # The next day's digest: only the new story, for both.
     await digests.run("mail", EIGHT + DAY, scheduled=EIGHT + DAY)
@@ -357,7 +387,7 @@ async def test_preview_writes_the_html_and_claims_nothing(store: Store, tmp_path
 
 async def test_a_digest_goes_out_over_smtp(store: Store) -> None:
     await alerts(store, [1, 2], EIGHT - MINUTE)
-    anns = sorted(d.id for d in await store.deliveries("mail") if d.target == ANN)
+    anns = [d for d in reversed(await store.deliveries("mail")) if d.target == ANN]
     with SmtpServer() as server:
         notifier = EmailNotifier(email_spec(email_settings(port=server.port)), BERLIN)
         async with notifier:
@@ -370,3 +400,348 @@ async def test_a_digest_goes_out_over_smtp(store: Store) -> None:
     assert message["Message-ID"] == notifier.message_id("digest", anns, ANN)
     assert "Story 2" in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert await statuses(store) == {"sent": 4}
+
+
+async def test_a_refused_sender_holds_the_digest_instead_of_failing_its_alerts(
+    store: Store,
+) -> None:
+    """A 553 at MAIL FROM is about the channel (its `from`), not these alerts: kept pending."""
+    await alerts(store, [1], EIGHT - MINUTE)
+    await store.set_last_digest("mail", EIGHT - DAY)
+    with SmtpServer() as server:
+        server.fail_next(553, "5.7.1 Sender address rejected: not owned by user", stage="MAIL")
+        notifier = EmailNotifier(email_spec(email_settings(port=server.port)), BERLIN)
+        report = await digester(store, notifier, Clock(EIGHT)).run("mail", EIGHT, scheduled=EIGHT)
+        assert [(r.target, r.outcome) for r in report.recipients] == [(ANN, "held"), (BOB, "held")]
+        assert "553 5.7.1 Sender address rejected" in report.recipients[0].error
+        assert [d.attempts for d in await store.deliveries("mail", "pending")] == [0, 0]
+        assert await store.last_digest("mail") == EIGHT - DAY  # the period stays open
+        # Fixed: the next start sends the digest it missed.
+        later = EIGHT + HOUR
+        [caught_up] = await digester(store, notifier, Clock(later)).catch_up(later)
+        assert caught_up.ok
+        assert len(server.wait_for(2)) == 2
+
+
+# --- recipients --------------------------------------------------------------------------------
+
+
+async def test_a_recipient_removed_from_to_gets_no_digest_and_keeps_its_alerts(
+    store: Store,
+) -> None:
+    await alerts(store, [1], EIGHT - MINUTE)  # for Ann and Bob
+    ann_only = FakeEmail(email_settings(to=(ANN,)))
+    report = await digester(store, ann_only, Clock(EIGHT)).run("mail", EIGHT, scheduled=EIGHT)
+    assert [(r.target, r.outcome) for r in report.recipients] == [(ANN, "sent")]
+    assert [s.target for s in ann_only.tried] == [ANN]
+    assert report.complete
+    [kept] = await store.deliveries("mail", "pending")
+    assert (kept.target, kept.attempts) == (BOB, 0)
+    # Nor is Bob's alert retried.
+    assert await digester(store, ann_only, Clock(EIGHT)).retry_due(EIGHT + DAY) == []
+    # Listed again: his kept alert goes out with the next digest.
+    both = FakeEmail(email_settings())
+    await digester(store, both, Clock(EIGHT + DAY)).run("mail", EIGHT + DAY, scheduled=EIGHT + DAY)
+    assert both.to(BOB) == [["Story 1"]]
+    assert both.to(ANN) == []
+    assert await statuses(store) == {"sent": 2}
+
+
+# --- give-up per delivery ----------------------------------------------------------------------
+
+
+async def test_each_alert_of_a_failing_digest_counts_its_own_attempts(store: Store) -> None:
+    """An old alert that ran out of attempts fails for good; a new one that shared its
+    digest is kept for a retry, not failed after one try."""
+    await alerts(store, [1], EIGHT - HOUR)
+    channel = FakeEmail(email_settings(), {ANN: [DeliveryError("451 later")] * 3})
+    clock = Clock(EIGHT)
+    digests = digester(store, channel, clock)
+    await digests.run("mail", EIGHT, scheduled=EIGHT)  # Story 1, attempt 1
+    clock.now = EIGHT + 10 * MINUTE
+    await digests.retry_due(clock.now)  # attempt 2 (of 3)
+    await alerts(store, [2], EIGHT + 30 * MINUTE)
+    clock.now = EIGHT + DAY
+    report = await digests.run("mail", clock.now, scheduled=clock.now)
+    [ann] = [r for r in report.recipients if r.target == ANN]
+    assert (ann.outcome, ann.alerts, ann.failed, ann.retrying) == ("retrying", 2, 1, 1)
+    by_title = {d.alert.title: d for d in await store.deliveries("mail") if d.target == ANN}
+    assert by_title["Story 1"].status.value == "failed"
+    assert by_title["Story 1"].last_error == "gave up after 3 attempts: 451 later"
+    assert (by_title["Story 2"].status.value, by_title["Story 2"].attempts) == ("pending", 1)
+    # Its retry: Story 2 alone goes out.
+    clock.now += 10 * MINUTE
+    await digests.retry_due(clock.now)
+    assert channel.to(ANN) == [["Story 2"]]
+
+
+# --- start, restart, shutdown ------------------------------------------------------------------
+
+
+async def test_catch_up_sends_a_digest_cut_short_by_a_crash(store: Store) -> None:
+    """A digest cut short leaves its deliveries claimed (a 10-minute lease): the next start
+    releases them and sends the missed digest, instead of closing its period empty."""
+    await store.set_last_digest("mail", EIGHT - DAY)
+    await alerts(store, [1], EIGHT - HOUR)
+    # The 08:00 digest claimed its deliveries, then the process died.
+    assert len(await store.claim_deliveries("mail", EIGHT, 100, timedelta(minutes=10))) == 2
+    channel = FakeEmail(email_settings())
+    restart = EIGHT + 2 * MINUTE  # back within the lease
+    [report] = await digester(store, channel, Clock(restart)).catch_up(restart)
+    assert (report.until, report.ok) == (EIGHT, True)
+    assert channel.to(ANN) == channel.to(BOB) == [["Story 1"]]
+    assert await store.last_digest("mail") == EIGHT
+    assert await statuses(store) == {"sent": 2}
+
+
+async def test_a_period_is_never_closed_while_its_deliveries_are_claimed(store: Store) -> None:
+    await store.set_last_digest("mail", EIGHT - DAY)
+    await alerts(store, [1], EIGHT - HOUR)
+    [bobs] = [d for d in await store.deliveries("mail") if d.target == BOB]
+    # Bob's delivery is claimed by a digest that never finished (no recover yet).
+    await store.claim_deliveries("mail", EIGHT, 100, timedelta(minutes=10), skip_targets=[ANN])
+    channel = FakeEmail(email_settings())
+    report = await digester(store, channel, Clock(EIGHT)).run("mail", EIGHT, scheduled=EIGHT)
+    assert [(r.target, r.outcome) for r in report.recipients] == [(ANN, "sent")]
+    assert not report.complete
+    assert await store.last_digest("mail") == EIGHT - DAY
+    # The next start releases it and sends Bob the digest he missed, once.
+    restart = EIGHT + HOUR
+    await digester(store, channel, Clock(restart)).catch_up(restart)
+    assert channel.to(BOB) == [["Story 1"]]
+    assert channel.to(ANN) == [["Story 1"]]
+    assert [d.status.value for d in await store.deliveries("mail") if d.id == bobs.id] == ["sent"]
+    assert await store.last_digest("mail") == EIGHT
+
+
+async def test_a_retry_at_start_does_not_swallow_the_missed_digest(store: Store) -> None:
+    await store.set_last_digest("mail", EIGHT - DAY)
+    await alerts(store, [1], EIGHT - HOUR)
+    channel = FakeEmail(email_settings(), {ANN: [DeliveryError("451 later")]})
+    await digester(store, channel, Clock(EIGHT)).run("mail", EIGHT, scheduled=EIGHT)
+    await alerts(store, [2], EIGHT + 2 * HOUR)  # found before the daemon went down
+    # Down over the next day's 08:00; at start the retry job happens to run first.
+    restart = EIGHT + DAY + 90 * MINUTE
+    digests = digester(store, channel, Clock(restart))
+    await digests.retry_due(restart)
+    await digests.catch_up(restart)
+    assert channel.to(ANN) == [["Story 1"], ["Story 2"]]
+    assert channel.to(BOB) == [["Story 1"], ["Story 2"]]
+    assert await store.last_digest("mail") == EIGHT + DAY
+    assert await statuses(store) == {"sent": 4}
+
+
+async def test_a_restart_while_a_recipient_retries_sends_nobody_an_extra_digest(
+    store: Store,
+) -> None:
+    await store.set_last_digest("mail", EIGHT - DAY)
+    await alerts(store, [1], EIGHT - HOUR)
+    channel = FakeEmail(email_settings(), {ANN: [DeliveryError("451 later")]})
+    await digester(store, channel, Clock(EIGHT)).run("mail", EIGHT, scheduled=EIGHT)
+    await alerts(store, [2], EIGHT + 2 * MINUTE)
+    restart = EIGHT + 5 * MINUTE
+    digests = digester(store, channel, Clock(restart))
+    assert await digests.catch_up(restart) == []
+    assert channel.to(BOB) == [["Story 1"]]  # no unscheduled second digest
+    await digests.retry_due(restart)  # Ann's retry is due (8-12 s after 08:00)
+    assert channel.to(ANN) == [["Story 1"]]
+    await digests.run("mail", EIGHT + DAY, scheduled=EIGHT + DAY)
+    assert channel.to(ANN) == channel.to(BOB) == [["Story 1"], ["Story 2"]]
+
+
+async def test_catch_ups_and_retries_of_one_channel_never_overlap(store: Store) -> None:
+    """Two starts' catch-ups (a reload runs a second Digester on the same store) and a retry
+    at once: the missed digest goes out once; with `send_empty`, a second run would send
+    everyone an empty digest too."""
+    await store.set_last_digest("mail", EIGHT - DAY)
+    await alerts(store, [1], EIGHT - HOUR)
+    channel = FakeEmail(email_settings(send_empty=True))
+    restart = EIGHT + HOUR
+    first = digester(store, channel, Clock(restart))
+    second = digester(store, channel, Clock(restart))
+    await asyncio.gather(
+        first.catch_up(restart), second.catch_up(restart), first.retry_due(restart)
+    )
+    assert channel.to(ANN) == channel.to(BOB) == [["Story 1"]]
+    assert await store.last_digest("mail") == EIGHT
+
+
+async def test_drain_lets_a_digest_in_flight_finish_and_starts_no_other(store: Store) -> None:
+    await store.set_last_digest("mail", EIGHT - DAY)
+    await alerts(store, [1], EIGHT - HOUR)
+    channel = FakeEmail(email_settings(), gate=asyncio.Event())
+    digests = digester(store, channel, Clock(EIGHT))
+    job = asyncio.create_task(digests.run("mail", EIGHT, scheduled=EIGHT))
+    await in_flight(channel, job)
+    # The scheduler shutting down cancels its job: the digest itself goes on.
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    draining = asyncio.create_task(digests.drain(3600))
+    assert channel.gate is not None
+    channel.gate.set()
+    assert await draining
+    assert channel.to(ANN) == channel.to(BOB) == [["Story 1"]]
+    assert await store.last_digest("mail") == EIGHT
+    # Stopped: no digest starts any more.
+    await alerts(store, [2], EIGHT + MINUTE)
+    report = await digests.run("mail", EIGHT + DAY, scheduled=EIGHT + DAY)
+    assert (report.recipients, report.complete) == ((), False)
+    assert await digests.catch_up(EIGHT + 2 * DAY) == []
+    assert await digests.retry_due(EIGHT + 2 * DAY) == []
+    assert len(channel.tried) == 2
+
+
+async def test_drain_stops_a_digest_past_its_grace_and_hands_its_alerts_back(
+    store: Store,
+) -> None:
+    await store.set_last_digest("mail", EIGHT - DAY)
+    await alerts(store, [1], EIGHT - HOUR)
+    channel = FakeEmail(email_settings(), gate=asyncio.Event())  # a send that never ends
+    digests = digester(store, channel, Clock(EIGHT))
+    job = asyncio.create_task(digests.run("mail", EIGHT, scheduled=EIGHT))
+    await in_flight(channel, job)
+    assert not await digests.drain(0)
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert await store.claimed_count("mail", EIGHT) == 0
+    assert [d.attempts for d in await store.deliveries("mail", "pending")] == [0, 0]
+    assert await store.last_digest("mail") == EIGHT - DAY  # the period stays open
+    # The next start sends it.
+    channel.gate = None
+    restart = EIGHT + HOUR
+    [report] = await digester(store, channel, Clock(restart)).catch_up(restart)
+    assert report.ok
+    assert channel.to(ANN) == channel.to(BOB) == [["Story 1"]]
+
+
+# --- empty digests that fail -------------------------------------------------------------------
+
+
+async def test_a_failed_empty_digest_is_retried(store: Store) -> None:
+    channel = FakeEmail(email_settings(send_empty=True), {ANN: [DeliveryError("451 later")]})
+    clock = Clock(EIGHT)
+    digests = digester(store, channel, clock)
+    report = await digests.run("mail", EIGHT, scheduled=EIGHT)
+    assert [(r.target, r.outcome) for r in report.recipients] == [(ANN, "retrying"), (BOB, "sent")]
+    assert await digests.retry_due(EIGHT + timedelta(seconds=1)) == []  # not yet
+    clock.now = EIGHT + 10 * MINUTE
+    [retry] = await digests.retry_due(clock.now)
+    assert [(r.target, r.outcome) for r in retry.recipients] == [(ANN, "sent")]
+    assert [s.stories for s in channel.sent if s.target == ANN] == [[]]
+    assert channel.sent[-1].message_id == channel.tried[0].message_id  # the same email
+    assert channel.sent[-1].rendered == channel.tried[0].rendered
+    assert await digests.retry_due(clock.now + DAY) == []
+
+
+# --- preview matches a run ---------------------------------------------------------------------
+
+
+async def test_preview_lists_what_a_run_would_send(store: Store, tmp_path: Path) -> None:
+    await alerts(store, [1], EIGHT - HOUR)
+    channel = FakeEmail(email_settings(), {ANN: [DeliveryError("451 later")]})
+    digests = digester(store, channel, Clock(EIGHT))
+    await digests.run("mail", EIGHT, scheduled=EIGHT)  # Ann's Story 1 waits for its retry
+    await alerts(store, [2], EIGHT + timedelta(seconds=1))
+    out = tmp_path / "digest.html"
+    now = EIGHT + timedelta(seconds=2)  # its retry comes 8-12 s after 08:00
+    assert await digests.preview("mail", now, out) == 1
+    html = out.read_text(encoding="utf-8")
+    assert "Story 2" in html
+    assert "Story 1" not in html
+    report = await digests.run("mail", now)
+    assert channel.to(ANN) == [["Story 2"]]  # what the preview showed
+    assert [r.alerts for r in report.recipients if r.target == ANN] == [1]
+
+
+# --- cron --------------------------------------------------------------------------------------
+
+MON, TUE, WED, THU, FRI, SAT, SUN = range(7)
+
+
+def fire_days(expr: str) -> list[int]:
+    """The weekdays (Monday = 0) on which `expr` fires in a fortnight, each at 08:00 Berlin."""
+    trigger = cron_trigger(expr, BERLIN)
+    at = datetime(2024, 5, 6, tzinfo=BERLIN)  # a Monday
+    end = at + timedelta(days=14)
+    days: list[int] = []
+    while (fired := trigger.get_next_fire_time(None, at)) is not None and fired < end:
+        local = fired.astimezone(BERLIN)
+        assert (local.hour, local.minute) == (8, 0)
+        days.append(local.weekday())
+        at = fired + timedelta(seconds=1)
+    assert days[: len(days) // 2] == days[len(days) // 2 :]  # the same both weeks
+    return sorted(set(days))
+
+
+@pytest.mark.parametrize(
+    ("expr", "days"),
+    [
+        ("0 8 * * 1-5", [MON, TUE, WED, THU, FRI]),
+        ("0 8 * * mon-fri", [MON, TUE, WED, THU, FRI]),
+        ("0 8 * * MON-Fri", [MON, TUE, WED, THU, FRI]),
+        ("0 8 * * 0", [SUN]),
+        ("0 8 * * 7", [SUN]),
+        ("0 8 * * sun", [SUN]),
+        ("0 8 * * 0,7", [SUN]),
+        ("0 8 * * 6,0", [SAT, SUN]),
+        ("0 8 * * sat-sun", [SAT, SUN]),
+        ("0 8 * * 5-7", [FRI, SAT, SUN]),
+        ("0 8 * * 1,3,5", [MON, WED, FRI]),
+        ("0 8 * * */2", [TUE, THU, SAT, SUN]),  # 0, 2, 4, 6
+        ("0 8 * * 1-5/2", [MON, WED, FRI]),
+        ("0 8 * * 4/2", [THU, SAT]),
+        ("0 8 * * *", [MON, TUE, WED, THU, FRI, SAT, SUN]),
+        ("0 8 * * 0-7", [MON, TUE, WED, THU, FRI, SAT, SUN]),
+    ],
+)
+def test_cron_weekdays_are_read_as_crontab_reads_them(expr: str, days: list[int]) -> None:
+    assert fire_days(expr) == days
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["0 8 * * 8", "0 8 * * 5-1", "0 8 * * mon-", "0 8 * * */0", "0 8 * * funday", "0 8 * *"],
+)
+def test_invalid_cron_weekdays_are_refused(expr: str) -> None:
+    with pytest.raises(ValueError, match=r"weekday|step|fields"):
+        cron_trigger(expr, BERLIN)
+
+
+def test_the_digest_schedule_uses_crontab_weekdays(store: Store) -> None:
+    weekdays = FakeEmail(email_settings(cron="0 8 * * 1-5"))
+    digests = digester(store, weekdays, Clock(EIGHT))
+    friday = datetime(2024, 5, 10, 6, 0, tzinfo=UTC)  # 08:00 in Berlin
+    monday = datetime(2024, 5, 13, 6, 0, tzinfo=UTC)
+    assert digests.next_run("mail", friday) == monday
+    assert digests.previous_run("mail", monday - MINUTE) == friday
+
+
+def digest_config(tmp_path: Path, cron: str) -> Path:
+    return write_config(
+        tmp_path / "monitor.yaml",
+        f"""
+timezone: Europe/Berlin
+state: "memory:"
+channels:
+  mail:
+    type: email
+    smtp: {{host: 127.0.0.1, port: 25, security: none}}
+    from: monitor@example.org
+    to: [{ANN}]
+    digest: {{cron: "{cron}"}}
+""",
+    )
+
+
+@pytest.mark.parametrize("cron", ["0 8 * * 0,7", "0 8 * * 1-5", "0 8 * * sat-sun"])
+def test_the_config_takes_crontab_weekdays(tmp_path: Path, cron: str) -> None:
+    [channel] = load_config(digest_config(tmp_path, cron)).channels
+    settings = channel.options["email"]
+    assert isinstance(settings, EmailSettings)
+    assert settings.digest == DigestSettings(cron=cron)
+
+
+def test_the_config_refuses_a_weekday_past_seven(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"invalid cron schedule '0 8 \* \* 8'.*weekday '8'"):
+        load_config(digest_config(tmp_path, "0 8 * * 8"))

@@ -16,6 +16,7 @@ from monitor.match.parse import parse_query
 from monitor.match.query import Node, TermError, error_with_caret
 from monitor.models import (
     DEFAULT_FIELDS,
+    AdminSettings,
     BotCommands,
     ChannelSpec,
     Config,
@@ -65,11 +66,31 @@ def build(data: dict[str, object], report: Reporter, file: Path) -> Config:
         channels=tuple(channels),
         rules=tuple(rules),
         poll=PollPolicy(
-            p.concurrency, p.per_host, p.jitter, p.backoff_cap, p.max_items, p.user_agent
+            p.concurrency,
+            p.per_host,
+            p.jitter,
+            p.backoff_cap,
+            p.max_items,
+            p.user_agent,
+            p.host_interval,
+            p.dead_after,
         ),
         delivery=DeliveryPolicy(d.retry_base, d.retry_cap, d.max_attempts),
         retention=Retention(r.seen, r.text, r.deliveries),
+        admin=_admin(top.admin, channels, report),
     )
+
+
+def _admin(
+    admin: schema.Admin | None, channels: list[ChannelSpec], report: Reporter
+) -> AdminSettings | None:
+    if admin is None:
+        return None
+    if admin.channel not in {c.name for c in channels}:
+        names = ", ".join(sorted(c.name for c in channels)) or "none"
+        report.add(("admin", "channel"), f"no channel named '{admin.channel}' (defined: {names})")
+        return None
+    return AdminSettings(admin.channel, admin.failing_after, admin.silent_factor, admin.silent_min)
 
 
 def _state(raw: str | None, base: Path, report: Reporter) -> str:
@@ -144,14 +165,23 @@ def _feeds(top: schema.Top, report: Reporter, known: _Known) -> list[FeedSpec]:
             first_url[url] = (name, report.line(url_at))
         backfill = (feed.first_fetch or d.first_fetch).backfill
         spec_limits = _limits(limits, feed.timeout, feed.max_size, feed.max_redirects)
+        interval = feed.interval or d.interval
+        low, high = feed.min_interval or d.min_interval, feed.max_interval or d.max_interval
+        if low is not None and low > interval:
+            report.add((*url_at[:2], "min_interval"), "min_interval is longer than interval")
+        if high is not None and high < interval:
+            report.add((*url_at[:2], "max_interval"), "max_interval is shorter than interval")
         out.append(
             FeedSpec(
                 name=name,
                 url=feed.url,
-                interval=feed.interval or d.interval,
+                interval=interval,
                 tags=frozenset(feed.tags),
                 first_fetch=FirstFetch(backfill=backfill),
                 limits=spec_limits,
+                min_interval=low,
+                max_interval=high,
+                adaptive=d.adaptive if feed.adaptive is None else feed.adaptive,
             )
         )
     return out
@@ -280,6 +310,10 @@ def _rules(
     defined = list(top.channels) or [c.name for c in channels]
     out: list[Rule] = []
     first_line: dict[str, int] = {}
+    # A rule naming no channel notifies them all, except the admin channel (feed-health
+    # notices) unless it is the only one.
+    admin = top.admin.channel if top.admin else None
+    everyone = tuple(c.name for c in channels if c.name != admin) or tuple(c.name for c in channels)
     for i, raw in enumerate(top.rules):
         rule = validate(schema.Rule, raw, ("rules", i), report)
         if rule is None:
@@ -296,9 +330,7 @@ def _rules(
             fields = tuple(dict.fromkeys(rule.fields)) if rule.fields else DEFAULT_FIELDS
             scope = FeedScope(frozenset(rule.feeds.names), frozenset(rule.feeds.tags))
             notify = tuple(dict.fromkeys(rule.notify)) if rule.notify else ()
-            out.append(
-                Rule(rule.name, query, fields, scope, notify or tuple(c.name for c in channels))
-            )
+            out.append(Rule(rule.name, query, fields, scope, notify or everyone))
     return out
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,10 +22,20 @@ from pydantic import (
 
 from monitor.config.units import Duration, Interval, Size, at_least
 from monitor.config.yamlsource import kind
+from monitor.digest import cron_trigger
 from monitor.match.stem import LANGUAGES
-from monitor.models import FIELDS, DeliveryPolicy, FetchLimits, PollPolicy, Retention
+from monitor.models import (
+    FIELDS,
+    AdminSettings,
+    DeliveryPolicy,
+    FetchLimits,
+    PollPolicy,
+    Retention,
+)
 
 _POLL, _DELIVERY, _RETENTION, _LIMITS = PollPolicy(), DeliveryPolicy(), Retention(), FetchLimits()
+_ADMIN = AdminSettings(channel="")
+_HOUR_FLOOR = timedelta(hours=1)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 M = TypeVar("M", bound=BaseModel)
 
@@ -144,6 +153,9 @@ class Timeout(Strict):
 
 class Defaults(Strict):
     interval: Interval = timedelta(minutes=5)
+    min_interval: Interval | None = None
+    max_interval: Interval | None = None
+    adaptive: bool = False
     first_fetch: FirstFetch = Backfill(backfill=0)
     timeout: Timeout = Timeout()
     max_size: Size = _LIMITS.max_bytes
@@ -157,6 +169,17 @@ class Poll(Strict):
     backoff_cap: Duration = _POLL.backoff_cap
     max_items: int = Field(default=_POLL.max_items, ge=1)
     user_agent: Annotated[str, AfterValidator(_header)] = _POLL.user_agent
+    host_interval: Duration = _POLL.host_interval
+    dead_after: Annotated[Duration, at_least(_HOUR_FLOOR)] = _POLL.dead_after
+
+
+class Admin(Strict):
+    """Where feed-health notices go."""
+
+    channel: Text
+    failing_after: Annotated[Duration, at_least(timedelta(minutes=1))] = _ADMIN.failing_after
+    silent_factor: float = Field(default=_ADMIN.silent_factor, ge=2)
+    silent_min: Annotated[Duration, at_least(timedelta(hours=1))] = _ADMIN.silent_min
 
 
 class Delivery(Strict):
@@ -186,6 +209,7 @@ class Top(Strict):
     poll: Poll = Poll()
     delivery: Delivery = Delivery()
     retention: Retain = Retain()
+    admin: Admin | None = None
     feeds: list[Any] = []
     channels: dict[str, Any] = {}
     rules: list[Any] = []
@@ -202,6 +226,9 @@ class Feed(Strict):
     name: Text | None = None
     tags: StrList = ()
     interval: Interval | None = None
+    min_interval: Interval | None = None
+    max_interval: Interval | None = None
+    adaptive: bool | None = None
     first_fetch: FirstFetch | None = None
     timeout: Timeout | None = None
     max_size: Size | None = None
@@ -308,7 +335,9 @@ def _address(value: str) -> str:
 def _cron(value: str) -> str:
     value = _SHORTHANDS.get(value.strip().lower(), value.strip())
     try:
-        CronTrigger.from_crontab(value)
+        # Crontab weekdays (0 and 7 Sunday, not APScheduler's 0 = Monday); UTC, as any zone
+        # validates the same and the local one may be unknown (tzlocal errors in containers).
+        cron_trigger(value, UTC)
     except ValueError as exc:
         raise ValueError(
             f"invalid cron schedule {value!r}: {exc} (five fields: minute hour day month "

@@ -8,11 +8,17 @@ what the dispatcher should do (BAD-INPUTS E01-E10):
 - 4xx anywhere (421 at connect, 450/451/452 on RCPT or DATA), timeouts, refused or dropped
   connections: retried. A drop after DATA is ambiguous; the retry carries the same
   Message-ID, so a mail client or filter can drop the duplicate;
-- 530/534/535/538 (authentication required or refused): `ChannelError`, the channel pauses;
-  so does a server without STARTTLS or AUTH when the config asks for them, and a certificate
-  that does not verify;
-- a 5xx on RCPT: this delivery fails for good, with the server's code and text; any other
-  5xx (552 too big, 554 rejected as spam): the same.
+- 454 (temporary authentication failure) is a 4xx like the others: retried;
+- a 5xx on RCPT: this delivery fails for good, with the server's code and text; so does a
+  5xx answering the message itself (DATA: 552 too big, 554 rejected as spam);
+- any other 5xx is not about this email but about the channel: a 5xx greeting, a 5xx to
+  EHLO/HELO, a sender refused at MAIL FROM (550/553), 530/534/535/538 (authentication
+  required or refused): `ChannelError`, the channel pauses with its alerts kept pending; so
+  does a server without STARTTLS or AUTH when the config asks for them, and a certificate
+  that does not verify.
+
+Bodies are never sent as raw 8-bit: plain ASCII goes as 7bit, anything else as
+quoted-printable or base64, whichever is shorter, so a server without 8BITMIME gets them intact.
 
 aiosmtplib's errors are classified by their SMTP code before anything looks at their Python
 type (`SMTPServerDisconnected` is a `ConnectionError`: a generic `except OSError: retry` would
@@ -53,6 +59,8 @@ log = logging.getLogger("monitor.email")
 
 #: SMTP codes meaning our credentials (or lack of them) are the problem.
 AUTH_CODES = frozenset({530, 534, 535, 538})
+#: The email package's SMTP policy, but never 8-bit bodies (see the module docstring).
+POLICY = SMTP.clone(cte_type="7bit")
 
 _Renderer = Callable[[EmailTemplates], RenderedEmail]
 
@@ -75,6 +83,10 @@ class EmailNotifier:
         self._rules = dict(rules or {})
         self._sender = parseaddr(self.settings.sender)[1] or self.settings.sender
         self._domain = self._sender.rpartition("@")[2] or "localhost"
+        # Verified certificates and host names, always (E08); built once (it loads the
+        # system's trust store), shared by every connection of the channel.
+        secure = self.settings.smtp.security in ("tls", "starttls")
+        self._tls = ssl.create_default_context() if secure else None
 
     async def __aenter__(self) -> EmailNotifier:
         """Logs in once to check the settings: refused credentials raise ChannelError at
@@ -85,7 +97,12 @@ class EmailNotifier:
                     pass
         except Exception as exc:  # mapped below; only refused settings stop the start
             error = self._error(exc, "")
-            if isinstance(error, ChannelError):
+            # A server refusing service (5xx greeting or EHLO) may change its mind: sends
+            # find out later, like with an unreachable one. Refused settings stop the start.
+            refusing = isinstance(
+                exc, aiosmtplib.SMTPConnectResponseError | aiosmtplib.SMTPHeloError
+            )
+            if isinstance(error, ChannelError) and not refusing:
                 raise error from None
             log.warning(
                 "cannot reach the mail server yet (%s); alerts wait in the outbox",
@@ -102,15 +119,14 @@ class EmailNotifier:
     async def send(self, delivery: Delivery) -> None:
         rendered = self._render(lambda t: self._alert(delivery.alert, t), delivery)
         await self.send_email(
-            delivery.target, rendered, self.message_id("alert", [delivery.id], delivery.target)
+            delivery.target, rendered, self.message_id("alert", [delivery], delivery.target)
         )
 
     async def send_group(self, deliveries: Sequence[Delivery]) -> int:
         alerts = [d.alert for d in deliveries]
         rendered = self._render(lambda t: self._burst(alerts, t), deliveries[0])
         target = deliveries[0].target
-        ids = [d.id for d in deliveries]
-        await self.send_email(target, rendered, self.message_id("burst", ids, target))
+        await self.send_email(target, rendered, self.message_id("burst", deliveries, target))
         return len(deliveries)
 
     def render_digest(
@@ -130,17 +146,26 @@ class EmailNotifier:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def message_id(self, kind: str, ids: Sequence[int], target: str) -> str:
+    def message_id(self, kind: str, deliveries: Sequence[Delivery], target: str) -> str:
         """A Message-ID that is the same for the same deliveries, so a retry after an
-        ambiguous failure repeats it and the duplicate can be recognised."""
-        key = "\0".join([self.spec.name, kind, ",".join(map(str, ids)), target])
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+        ambiguous failure repeats it and the duplicate can be recognised.
+
+        Made of each delivery's id and its alert's identity (feed, item key, and the instant
+        it was first seen): ids start again at 1 in a new state file, and a mail client drops
+        a message whose Message-ID it has seen; the alerts of a new state file were seen at
+        other instants, so their emails never reuse an old Message-ID.
+        """
+        parts = [self.spec.name, kind, target]
+        for d in deliveries:
+            seen = d.alert.seen_at.astimezone(UTC).isoformat()
+            parts.append(f"{d.id}\x1f{d.alert.feed}\x1f{d.alert.item_key}\x1f{seen}")
+        digest = hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:32]
         return f"<monitor.{kind}.{digest}@{self._domain}>"
 
     def message(self, target: str, rendered: RenderedEmail, message_id: str) -> EmailMessage:
         """A multipart/alternative email (text, then HTML) for one recipient. Raises
         DeliveryError(permanent) for an address the email package refuses."""
-        msg = EmailMessage(policy=SMTP)
+        msg = EmailMessage(policy=POLICY)
         try:
             msg["From"] = self.settings.sender
             msg["To"] = Address(addr_spec=target)
@@ -173,7 +198,6 @@ class EmailNotifier:
 
     def _client(self) -> aiosmtplib.SMTP:
         smtp = self.settings.smtp
-        secure = smtp.security in ("tls", "starttls")
         return aiosmtplib.SMTP(
             hostname=smtp.host,
             port=smtp.port,
@@ -182,8 +206,7 @@ class EmailNotifier:
             timeout=smtp.timeout.total_seconds(),
             use_tls=smtp.security == "tls",
             start_tls=smtp.security == "starttls",
-            # Verified certificates and host names, always (E08).
-            tls_context=ssl.create_default_context() if secure else None,
+            tls_context=self._tls,
         )
 
     def _error(self, exc: BaseException, target: str) -> DeliveryError:
@@ -192,18 +215,7 @@ class EmailNotifier:
         if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
             exc = exc.recipients[0]
         if isinstance(exc, aiosmtplib.SMTPResponseException):
-            said = self._clean(f"{exc.code} {exc.message}")
-            if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code in AUTH_CODES:
-                return ChannelError(
-                    f"mail server {server} refused the login of channel {self.spec.name!r}: {said}"
-                )
-            if isinstance(exc, aiosmtplib.SMTPRecipientRefused) and exc.code >= 500:
-                return DeliveryError(
-                    f"mail server refused recipient {target}: {said}", permanent=True
-                )
-            if 500 <= exc.code < 600:
-                return DeliveryError(f"mail server refused the email: {said}", permanent=True)
-            return DeliveryError(f"mail server answered {said} (retrying)")
+            return self._answer(exc, target, server)
         if _certificate_problem(exc):
             return ChannelError(f"mail server {server}: certificate not trusted: {self._why(exc)}")
         if isinstance(exc, aiosmtplib.SMTPNotSupported) or type(exc) is aiosmtplib.SMTPException:
@@ -216,6 +228,34 @@ class EmailNotifier:
         if isinstance(exc, DeliveryError):
             return exc
         return DeliveryError(f"sending email failed: {type(exc).__name__}: {self._why(exc)}")
+
+    def _answer(
+        self, exc: aiosmtplib.SMTPResponseException, target: str, server: str
+    ) -> DeliveryError:
+        """An SMTP reply that was not the one expected, by its code first (see the module
+        docstring): 4xx retried; 5xx fails this recipient (RCPT) or this email (DATA), or
+        else pauses the channel."""
+        said = self._clean(f"{exc.code} {exc.message}")
+        if not 500 <= exc.code < 600:  # 4xx (454 too), or nonsense: try again later
+            return DeliveryError(f"mail server answered {said} (retrying)")
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code in AUTH_CODES:
+            return ChannelError(
+                f"mail server {server} refused the login of channel {self.spec.name!r}: {said}"
+            )
+        if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+            return DeliveryError(f"mail server refused recipient {target}: {said}", permanent=True)
+        if isinstance(exc, aiosmtplib.SMTPDataError):
+            return DeliveryError(f"mail server refused the email: {said}", permanent=True)
+        if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+            return ChannelError(
+                f"mail server {server} refused the sender {self._sender} of channel "
+                f"{self.spec.name!r}: {said}"
+            )
+        if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+            return ChannelError(f"mail server {server} refused the connection: {said}")
+        if isinstance(exc, aiosmtplib.SMTPHeloError):
+            return ChannelError(f"mail server {server} refused our greeting (EHLO/HELO): {said}")
+        return ChannelError(f"mail server {server} answered {said}")
 
     def _why(self, exc: BaseException) -> str:
         return self._clean(getattr(exc, "message", None) or str(exc) or type(exc).__name__)

@@ -354,8 +354,9 @@ def render_digest(
 
     Grouped by rule (in the order rules first appear in the alerts' matches; an alert that
     matched two rules is listed under each), newest first within a rule, and the same story
-    from several feeds listed once with all its sources (same normalised link, or else the
-    same title). Raises TemplateProblem when a user template fails on these alerts.
+    from several feeds listed once with all its sources (the same normalised link, or the
+    same title where one of them has no link; see `_stories`). Raises TemplateProblem when a
+    user template fails on these alerts.
     """
     by_rule: dict[str, list[Alert]] = {}
     for alert in alerts:
@@ -414,35 +415,54 @@ def _when(alert: Alert) -> datetime:
 
 
 def _stories(alerts: Sequence[Alert]) -> list[list[Alert]]:
-    """`alerts` with the same story together (sharing a normalised link, or a title), in the
-    order each story first appears."""
+    """`alerts` with the same story together, in the order each story first appears.
+
+    An alert with a link joins the story that has its normalised link, or else a story of
+    the same title that has no link at all; an alert without a link joins the first story of
+    its title. So different links under one headline ("Live updates", "Briefing") stay
+    different stories, even with a link-less copy of one of them around.
+    """
     stories: list[list[Alert]] = []
-    index: dict[str, int] = {}
+    linked: list[bool] = []
+    by_link: dict[str, int] = {}
+    #: title -> the first story holding an alert with that title.
+    by_title: dict[str, int] = {}
     for alert in alerts:
-        keys = story_keys(alert)
-        at = next((index[k] for k in keys if k in index), None)
+        link, title = _story_link(alert), _story_title(alert)
+        if link:
+            at = by_link.get(link)
+            if at is None and title:
+                found = by_title.get(title)
+                at = found if found is not None and not linked[found] else None
+        else:
+            at = by_title.get(title) if title else None
         if at is None:
             at = len(stories)
             stories.append([])
+            linked.append(False)
         stories[at].append(alert)
-        index.update(dict.fromkeys(keys, at))
+        if link:
+            by_link.setdefault(link, at)
+            linked[at] = True
+        if title:
+            by_title.setdefault(title, at)
     return stories
 
 
-def story_keys(alert: Alert) -> tuple[str, ...]:
-    """What makes two alerts the same story: the same normalised link, or the same title
-    (casefolded, whitespace collapsed); an alert with neither is a story of its own."""
-    keys: list[str] = []
+def _story_link(alert: Alert) -> str:
+    """The alert's link as compared between stories (normalised; "" when it has none)."""
     link = safe_link(alert.link)
-    if link:
-        try:
-            keys.append("link:" + normalise_link(link))
-        except ValueError:  # a bad port: compare the link as it is
-            keys.append("link:" + link)
-    title = " ".join(alert.title.casefold().split())
-    if title:
-        keys.append("title:" + title)
-    return tuple(keys) or (f"item:{alert.feed}\0{alert.item_key}",)
+    if not link:
+        return ""
+    try:
+        return normalise_link(link)
+    except ValueError:  # a bad port: compare the link as it is
+        return link
+
+
+def _story_title(alert: Alert) -> str:
+    """The alert's title as compared between stories: casefolded, whitespace collapsed."""
+    return " ".join(alert.title.casefold().split())
 
 
 def _item(

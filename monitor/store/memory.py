@@ -604,3 +604,61 @@ class MemoryStore:
         for rule in ended:
             del self._mutes[rule]
         return Pruned(items=len(forget), texts=texts, deliveries=len(old), mutes=len(ended))
+
+    # --- digests: outbox operations --------------------------------------------------------
+
+    async def mark_sent_many(self, delivery_ids: Sequence[int], now: datetime) -> None:
+        self._check()
+        rows = [self._delivery(delivery_id) for delivery_id in delivery_ids]  # all known first
+        now = utc(now)
+        for row in rows:
+            if row.status is not DeliveryStatus.SENT:
+                row.status = DeliveryStatus.SENT
+                row.sent_at = now
+            row.lease_until = None
+
+    async def due_deliveries(
+        self,
+        channel: str,
+        now: datetime,
+        limit: int,
+        skip_targets: Collection[str] = (),
+    ) -> list[Delivery]:
+        self._check()
+        now = utc(now)
+        skip = frozenset(skip_targets)
+        due = [
+            row
+            for row in self._deliveries.values()
+            if row.channel == channel
+            and row.target not in skip
+            and row.status is DeliveryStatus.PENDING
+            and (row.next_attempt_at is None or row.next_attempt_at <= now)
+            and not lease_live(row.lease_until, now)
+        ]
+        due.sort(key=lambda r: (r.created_at, r.id))
+        return [self._to_delivery(row) for row in due[: max(limit, 0)]]
+
+    async def release_claims(self, channel: str) -> int:
+        self._check()
+        released = 0
+        for row in self._deliveries.values():
+            if (
+                row.channel == channel
+                and row.status is DeliveryStatus.PENDING
+                and row.lease_until is not None
+            ):
+                row.lease_until = None
+                released += 1
+        return released
+
+    async def claimed_count(self, channel: str, now: datetime) -> int:
+        self._check()
+        now = utc(now)
+        return sum(
+            1
+            for row in self._deliveries.values()
+            if row.channel == channel
+            and row.status is DeliveryStatus.PENDING
+            and lease_live(row.lease_until, now)
+        )

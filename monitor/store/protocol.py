@@ -357,3 +357,32 @@ class Store(Protocol):
         is also what bounds the store's size.
         """
         ...
+
+    # --- digests: outbox operations ------------------------------------------------------------
+
+    async def mark_sent_many(self, delivery_ids: Sequence[int], now: datetime) -> None:
+        """`mark_sent` for every id, in ONE transaction: a digest's alerts are all marked sent
+        or (a failed write, an unknown id: StoreError) none of them. Idempotent."""
+        ...
+
+    async def due_deliveries(
+        self,
+        channel: str,
+        now: datetime,
+        limit: int,
+        skip_targets: Collection[str] = (),
+    ) -> list[Delivery]:
+        """The deliveries `claim_deliveries` would claim now, in the same order, without
+        claiming them: a read (a digest preview beside a running daemon)."""
+        ...
+
+    async def release_claims(self, channel: str) -> int:
+        """Drop every claim on `channel`'s pending deliveries; returns how many there were.
+        Only for a caller that knows no live process holds them: at start, with the instance
+        lock taken, for claims left by a process that died or was stopped mid-send. No
+        attempt is counted."""
+        ...
+
+    async def claimed_count(self, channel: str, now: datetime) -> int:
+        """Pending deliveries of `channel` claimed at `now` (a lease still running)."""
+        ...

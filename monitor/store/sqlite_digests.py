@@ -1,4 +1,5 @@
-"""SQLite queries for digest channels: the last digest time, and failed digests due again.
+"""SQLite queries for digest channels: the last digest time, failed digests due again, and
+the claims a digest may find at start.
 
 Synchronous functions taking the connection; `SQLiteStore` runs them on its worker thread.
 """
@@ -33,3 +34,21 @@ def set_last_digest(conn: sqlite3.Connection, channel: str, at: datetime) -> Non
         " ON CONFLICT (channel) DO UPDATE SET last_at = excluded.last_at",
         (channel, dt_to_text(at)),
     )
+
+
+def release_claims(conn: sqlite3.Connection, channel: str) -> int:
+    released: int = conn.execute(
+        "UPDATE deliveries SET lease_until = NULL"
+        " WHERE channel = ? AND status = 'pending' AND lease_until IS NOT NULL",
+        (channel,),
+    ).rowcount
+    return released
+
+
+def claimed_count(conn: sqlite3.Connection, channel: str, now: datetime) -> int:
+    count: int = conn.execute(
+        "SELECT count(*) FROM deliveries WHERE channel = ? AND status = 'pending'"
+        " AND lease_until > ?",
+        (channel, dt_to_text(now)),
+    ).fetchone()[0]
+    return count

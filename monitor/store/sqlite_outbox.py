@@ -62,24 +62,46 @@ def claim_deliveries(
     lease: timedelta,
     skip_targets: Collection[str],
 ) -> list[Delivery]:
-    now_text = dt_to_text(now)
-    # One bound variable per paused target: a channel's destinations are a handful, far
-    # below SQLite's limit.
-    skip = sorted(set(skip_targets))
-    skipping = f" AND d.target NOT IN ({marks(len(skip))})" if skip else ""
     with transaction(conn):
-        rows = conn.execute(
-            f"{_DELIVERY_SELECT} WHERE d.channel = ? AND d.status = 'pending'{skipping}"
-            " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?)"
-            " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
-            " ORDER BY d.created_at, d.id LIMIT ?",
-            (channel, *skip, now_text, now_text, max(limit, 0)),
-        ).fetchall()
+        rows = _due_rows(conn, channel, now, limit, skip_targets)
         conn.executemany(
             "UPDATE deliveries SET lease_until = ? WHERE id = ?",
             [(dt_to_text(now + lease), row[0]) for row in rows],
         )
     return [_delivery(row) for row in rows]
+
+
+def due_deliveries(
+    conn: sqlite3.Connection,
+    channel: str,
+    now: datetime,
+    limit: int,
+    skip_targets: Collection[str],
+) -> list[Delivery]:
+    return [_delivery(row) for row in _due_rows(conn, channel, now, limit, skip_targets)]
+
+
+def _due_rows(
+    conn: sqlite3.Connection,
+    channel: str,
+    now: datetime,
+    limit: int,
+    skip_targets: Collection[str],
+) -> list[Any]:
+    """The rows `claim_deliveries` claims (and `due_deliveries` lists), oldest first."""
+    now_text = dt_to_text(now)
+    # One bound variable per paused target: a channel's destinations are a handful, far
+    # below SQLite's limit.
+    skip = sorted(set(skip_targets))
+    skipping = f" AND d.target NOT IN ({marks(len(skip))})" if skip else ""
+    rows: list[Any] = conn.execute(
+        f"{_DELIVERY_SELECT} WHERE d.channel = ? AND d.status = 'pending'{skipping}"
+        " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?)"
+        " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+        " ORDER BY d.created_at, d.id LIMIT ?",
+        (channel, *skip, now_text, now_text, max(limit, 0)),
+    ).fetchall()
+    return rows
 
 
 def release_deliveries(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> None:
@@ -98,6 +120,13 @@ def mark_sent(conn: sqlite3.Connection, delivery_id: int, now: datetime) -> None
     )
     if cursor.rowcount == 0:
         _require_delivery(conn, delivery_id)
+
+
+def mark_sent_many(conn: sqlite3.Connection, delivery_ids: Sequence[int], now: datetime) -> None:
+    """Every id marked sent in one transaction; an unknown id rolls all of it back."""
+    with transaction(conn):
+        for delivery_id in delivery_ids:
+            mark_sent(conn, delivery_id, now)
 
 
 def mark_retry(

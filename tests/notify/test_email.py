@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo
@@ -137,11 +138,31 @@ async def test_non_ascii_subjects_round_trip(smtp: SmtpServer, title: str) -> No
 
 def test_the_message_id_is_the_same_for_the_same_deliveries() -> None:
     notifier = EmailNotifier(spec(25), UTC_TZ)
-    first = notifier.message_id("burst", [1, 2, 3], "desk@example.com")
-    assert first == notifier.message_id("burst", [1, 2, 3], "desk@example.com")
-    assert first != notifier.message_id("burst", [1, 2], "desk@example.com")
-    assert first != notifier.message_id("burst", [1, 2, 3], "other@example.com")
-    assert first != notifier.message_id("digest", [1, 2, 3], "desk@example.com")
+    one, two, three = (delivery(id=n) for n in (1, 2, 3))
+    first = notifier.message_id("burst", [one, two, three], "desk@example.com")
+    again = [delivery(id=n) for n in (1, 2, 3)]  # the same rows, read again for a retry
+    assert first == notifier.message_id("burst", again, "desk@example.com")
+    assert first != notifier.message_id("burst", [one, two], "desk@example.com")
+    assert first != notifier.message_id("burst", [one, two, three], "other@example.com")
+    assert first != notifier.message_id("digest", [one, two, three], "desk@example.com")
+
+
+async def test_message_ids_are_not_reused_after_the_state_file_is_reset(
+    smtp: SmtpServer,
+) -> None:
+    """A new state file numbers deliveries from 1 again; a mail client that saw an old
+    Message-ID would drop the new email as a duplicate."""
+    before = delivery("Talks resume", id=1)
+    # After the reset: delivery 1 again, another story, found later.
+    story = replace(alert("Strike called", "2"), seen_at=T0 + timedelta(days=200))
+    after = replace(before, alert=story)
+    # Even the same story alerting again (once forgotten) is seen at another instant.
+    again = replace(before, alert=replace(before.alert, seen_at=T0 + timedelta(days=200)))
+    async with EmailNotifier(spec(smtp.port), UTC_TZ) as notifier:
+        for sent in (before, after, again):
+            await notifier.send(sent)
+    ids = [r.message["Message-ID"] for r in smtp.wait_for(3)]
+    assert len(set(ids)) == 3
 
 
 async def test_a_retry_repeats_the_message_id(smtp: SmtpServer) -> None:
@@ -207,7 +228,8 @@ async def test_a_digest_is_sent_through_the_same_path(smtp: SmtpServer) -> None:
     async with EmailNotifier(spec(smtp.port), UTC_TZ) as notifier:
         rendered = notifier.render_digest([alert("Talks")], since=None, until=T0)
         target = "desk@example.com"
-        await notifier.send_email(target, rendered, notifier.message_id("digest", [1], target))
+        message_id = notifier.message_id("digest", [delivery()], target)
+        await notifier.send_email(target, rendered, message_id)
     [received] = smtp.wait_for(1)
     assert received.message["Subject"] == "[news] Digest: 1 alert (2026-11-28)"
 
@@ -250,3 +272,28 @@ async def test_an_unreachable_server_is_retried_and_does_not_stop_the_start() ->
     assert not caught.value.permanent
     assert not isinstance(caught.value, ChannelError)
     assert PASSWORD not in str(caught.value)
+
+
+async def test_bodies_are_never_sent_as_raw_8bit(smtp: SmtpServer) -> None:
+    """aiosmtplib sends the message as it is, without BODY=8BITMIME: an 8-bit body would reach
+    a server that never agreed to it. Non-ASCII text goes quoted-printable or base64."""
+    title = "Переговоры возобновились: ÉÀ ü"
+    async with EmailNotifier(spec(smtp.port), UTC_TZ) as notifier:
+        await notifier.send(delivery(title))
+        await notifier.send(delivery("Plain ASCII talks"))
+    russian, ascii_only = smtp.wait_for(2)
+    for received in (russian, ascii_only):
+        assert received.data.isascii()
+        encodings = {part["Content-Transfer-Encoding"] for part in received.message.iter_parts()}
+        assert "8bit" not in encodings
+    text, html = parts(russian.message)
+    assert title in text
+    assert title in html
+
+
+def test_the_tls_context_is_built_once_per_channel() -> None:
+    settings = replace(spec(587).options["email"], smtp=SmtpSettings("127.0.0.1", 587))  # type: ignore[type-var]
+    notifier = EmailNotifier(ChannelSpec("mail", "email", {"email": settings}), UTC_TZ)
+    first, second = notifier._client(), notifier._client()
+    assert first.tls_context is not None
+    assert first.tls_context is second.tls_context

@@ -98,10 +98,8 @@ def test_a_digest_groups_by_rule_newest_first_and_folds_the_same_story() -> None
             link="https://A.example/new?utm_source=x",
             minutes=12,
         ),
-        # The same story by title from a third feed, with a link of its own.
-        alert(
-            "new   TALKS", rules=("talks",), feed="third", link="https://c.example/9", minutes=11
-        ),
+        # The same story by title from a third feed that gives no link.
+        alert("new   TALKS", rules=("talks",), feed="third", link="", minutes=11),
     ]
     since = T0 - timedelta(days=1)
     rendered = render_digest(alerts, "desk", PARIS, TEMPLATES, since=since, until=T0)
@@ -115,7 +113,39 @@ def test_a_digest_groups_by_rule_newest_first_and_folds_the_same_story() -> None
     assert talks_part.count("New talks") == 1
     assert "other wire, third, wire · 2026-11-28 10:12 CET" in talks_part  # newest first
     assert "Strike and talks" in text[strikes:]  # under both of its rules
-    assert '<a href="https://c.example/9">third</a>' in rendered.html  # each source linked
+    # Each source that has a link is linked; the one without is named.
+    assert '<a href="https://A.example/new?utm_source=x">other wire</a>, third, ' in rendered.html
+
+
+def test_different_stories_under_one_headline_stay_apart() -> None:
+    alerts = [
+        alert("Live updates", link="https://a.example/live/1", minutes=0),
+        alert("Live updates", feed="other wire", link="https://b.example/live/2", minutes=5),
+        # A link-less copy of one of them is still folded in by its title...
+        alert("Live  UPDATES", feed="third", link="", minutes=6),
+        # ...and a second feed carrying the first link is folded in by its link.
+        alert("Live updates", feed="fourth", link="https://a.example/live/1#top", minutes=7),
+    ]
+    rendered = render_digest(alerts, "desk", PARIS, TEMPLATES, since=None, until=T0)
+    assert rendered.html.count("<li") == 2
+    # Newest first: the fourth feed's copy heads the first story.
+    assert '<a href="https://a.example/live/1#top">Live updates</a>' in rendered.html
+    assert '<a href="https://b.example/live/2">Live updates</a>' in rendered.html
+    assert "  https://b.example/live/2\n" in rendered.text
+    # The first link's story lists its three feeds; the other story only its own.
+    assert "  fourth, third, wire · 2026-11-28 10:07 CET\n" in rendered.text
+    assert "  other wire · 2026-11-28 10:05 CET\n" in rendered.text
+
+
+def test_stories_without_links_fold_by_title() -> None:
+    alerts = [
+        alert("Storm warning", link="", minutes=0),
+        alert("storm  WARNING", feed="other wire", link="", minutes=1),
+        alert("Storm watch", feed="third", link="", minutes=2),
+    ]
+    rendered = render_digest(alerts, "desk", PARIS, TEMPLATES, since=None, until=T0)
+    assert rendered.html.count("<li") == 2
+    assert "other wire, wire · " in rendered.text
 
 
 def test_an_empty_digest_says_so() -> None:

@@ -106,3 +106,80 @@ async def test_retry_due_count_leaves_out_uncounted_and_failed_deliveries(store:
     await store.mark_retry(first, "slow down", now=T0, retry_at=T0 + MINUTE, attempt=False)
     await store.mark_failed(second, "mailbox unavailable", now=T0)
     assert await store.retry_due_count("mail", T0 + DAY) == 0
+
+
+# --- mark_sent_many ----------------------------------------------------------------------------
+
+
+async def test_mark_sent_many_marks_every_delivery_sent(store: Store) -> None:
+    first, second = await _two_mail_alerts(store)
+    await store.claim_deliveries("mail", T0, 10, MINUTE)
+    await store.mark_sent_many([first, second], T0 + MINUTE)
+    assert {d.status.value for d in await store.deliveries("mail")} == {"sent"}
+    # Nothing is claimed any more, and marking again changes nothing.
+    assert await store.claimed_count("mail", T0) == 0
+    await store.mark_sent_many([first, second], T0 + HOUR)
+    await store.mark_sent_many([], T0 + HOUR)
+    assert await store.pending_count("mail") == 0
+
+
+async def test_mark_sent_many_with_an_unknown_id_marks_nothing(store: Store) -> None:
+    from monitor.errors import StoreError
+
+    first, second = await _two_mail_alerts(store)
+    with pytest.raises(StoreError):
+        await store.mark_sent_many([first, 999_999, second], T0)
+    assert await store.pending_count("mail") == 2
+
+
+# --- due_deliveries ----------------------------------------------------------------------------
+
+
+async def test_due_deliveries_lists_what_a_claim_would_take_without_claiming(store: Store) -> None:
+    await record(
+        store,
+        "a",
+        [item("k1"), item("k2"), item("k3")],
+        [alert(k, channels=["mail"]) for k in ("k1", "k2", "k3")],
+        targets={"mail": ["ann", "bob"]},
+    )
+    ann1, bob1, ann2, bob2, ann3, bob3 = [d.id for d in reversed(await store.deliveries("mail"))]
+    await store.claim_deliveries("mail", T0, 1, MINUTE)  # ann1 is claimed
+    [tried] = await store.claim_deliveries("mail", T0, 1, MINUTE)
+    assert tried.id == bob1
+    await store.mark_retry(bob1, "451", now=T0, retry_at=T0 + HOUR)  # bob1 waits an hour
+    listed = await store.due_deliveries("mail", T0, 10)
+    assert [d.id for d in listed] == [ann2, bob2, ann3, bob3]
+    assert [d.id for d in await store.due_deliveries("mail", T0, 10, ["bob"])] == [ann2, ann3]
+    assert [d.id for d in await store.due_deliveries("mail", T0, 1)] == [ann2]
+    assert await store.due_deliveries("other", T0, 10) == []
+    # Listing claimed nothing: a claim takes the same rows.
+    claimed = await store.claim_deliveries("mail", T0, 10, MINUTE)
+    assert [d.id for d in claimed] == [ann2, bob2, ann3, bob3]
+    # Once their time came, the claimed and the waiting ones are due again.
+    assert [d.id for d in await store.due_deliveries("mail", T0 + HOUR, 2)] == [ann1, bob1]
+
+
+# --- release_claims and claimed_count ----------------------------------------------------------
+
+
+async def test_release_claims_frees_every_claim_of_one_channel(store: Store) -> None:
+    await record(
+        store,
+        "a",
+        [item("k1"), item("k2")],
+        [alert("k1", channels=["mail", "news"]), alert("k2", channels=["mail"])],
+    )
+    assert await store.claimed_count("mail", T0) == 0
+    assert len(await store.claim_deliveries("mail", T0, 10, HOUR)) == 2
+    assert len(await store.claim_deliveries("news", T0, 10, HOUR)) == 1
+    assert await store.claimed_count("mail", T0) == 2
+    assert await store.claimed_count("mail", T0 + HOUR) == 0  # the lease ran out
+    assert await store.release_claims("mail") == 2
+    assert await store.release_claims("mail") == 0
+    assert await store.claimed_count("mail", T0) == 0
+    assert await store.claimed_count("news", T0) == 1  # another channel's claim stays
+    # Released untried: due again at once, no attempt counted.
+    again = await store.claim_deliveries("mail", T0, 10, HOUR)
+    assert [d.attempts for d in again] == [0, 0]
+    assert await store.claim_deliveries("news", T0, 10, HOUR) == []

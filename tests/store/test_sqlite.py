@@ -568,3 +568,61 @@ async def test_read_only_open_works_beside_a_running_daemon_and_refuses_writes(
 async def test_read_only_open_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         await SQLiteStore(tmp_path / "nope.db", read_only=True).open()
+
+
+async def test_migration_5_dates_a_failing_feed_and_keeps_old_items_without_fingerprint(
+    db: Path,
+) -> None:
+    db.parent.mkdir(parents=True)
+    conn = connect(db)
+    try:
+        migrate(conn, load_migrations()[:4], str(db))
+        conn.executemany(
+            "INSERT INTO feeds (name, url, last_polled_at, consecutive_failures, seeded)"
+            " VALUES (?, ?, ?, ?, 1)",
+            [
+                ("failing", "https://example.com/f.xml", dt_to_text(T0), 4),
+                ("fine", "https://example.com/ok.xml", dt_to_text(T0), 0),
+            ],
+        )
+        conn.execute(
+            "INSERT INTO items (feed, key, seen_at, last_seen_at, title, link)"
+            " VALUES ('fine', 'k1', ?, ?, 'Talks', 'https://example.com/k1')",
+            (dt_to_text(T0), dt_to_text(T0)),
+        )
+    finally:
+        conn.close()
+    async with SQLiteStore(db) as store:
+        failing = await store.feed_state("failing")
+        fine = await store.feed_state("fine")
+        assert failing is not None
+        assert fine is not None
+        assert (failing.failing_since, fine.failing_since) == (T0, None)
+        assert (failing.dead_since, failing.notice, failing.cadence) == (None, "", None)
+        # Stored before fingerprints existed: not recognised under another id (no crash).
+        moved = item("k2", feed="fine", title="Talks", link="https://example.com/k1")
+        assert await store.seen_alike("fine", [moved]) == set()
+
+
+async def test_a_shared_open_writes_beside_a_running_daemon(store: SQLiteStore, db: Path) -> None:
+    await store.sync_feeds([spec("a")], T0)
+    await store.record_failure("a", "HTTP 410", now=T0, next_poll_at=T0 + DAY, dead=True)
+    async with SQLiteStore(db, shared=True) as beside:
+        assert await beside.revive_feeds(["a"], T0 + HOUR) == ["a"]
+    revived = await store.feed_state("a")
+    assert revived is not None
+    assert (revived.dead_since, revived.next_poll_at) == (None, T0 + HOUR)
+    # The daemon still holds the file: the shared open took no lock and left it held.
+    with pytest.raises(StoreError, match="in use by another monitor process"):
+        await SQLiteStore(db).open()
+
+
+async def test_a_shared_open_of_an_older_schema_is_refused(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = connect(db)
+    try:
+        migrate(conn, load_migrations()[:4], str(db))
+    finally:
+        conn.close()
+    with pytest.raises(StoreError, match="run the daemon once to migrate it"):
+        await SQLiteStore(db, shared=True).open()
