@@ -1,20 +1,20 @@
-"""The `monitor` command line: check, once, run, test-rule, test-notify, digest."""
+"""The `monitor` command line: check, once, run, feeds, test-rule, test-notify, digest."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
-from monitor import __version__, digestcli, logs, testnotify, testrule
+from monitor import __version__, digestcli, feedscli, logs, testnotify, testrule
 from monitor.config import find_config, load_config
 from monitor.daemon import Daemon, OnceReport
 from monitor.errors import ConfigError, MonitorError, StoreError
 from monitor.match.compile import uses_regex
 from monitor.models import Config
+from monitor.reload import Supervisor
 
 log = logging.getLogger("monitor.cli")
 
@@ -59,12 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         help="poll every feed once, deliver, exit",
         description="Poll every feed now, send due alerts, exit (for cron and testing).",
     )
-    commands.add_parser(
+    run = commands.add_parser(
         "run",
         parents=[common],
-        help="run the daemon until SIGINT/SIGTERM",
-        description="Poll feeds on schedule and deliver alerts until stopped.",
+        help="run the daemon until SIGINT/SIGTERM (SIGHUP reloads the config)",
+        description="Poll feeds on schedule and deliver alerts until stopped. SIGHUP reloads "
+        "the config file; an invalid one is logged and the running config kept.",
     )
+    run.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="reload the config file whenever it changes",
+    )
+    feedscli.add_parser(commands, common)
     testrule.add_parser(commands, common)
     testnotify.add_parser(commands, common)
     digestcli.add_parser(commands, common)
@@ -80,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return testnotify.main(args)
     if args.command == "digest":
         return digestcli.main(args)
+    if args.command == "feeds":
+        return feedscli.main(args)
     try:
         config = load_config(find_config(args.config))
     except ConfigError as exc:
@@ -96,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = asyncio.run(_once(config))
             print(once_summary(report), file=sys.stderr)
             return OK
-        asyncio.run(_run(config))
+        asyncio.run(_run(config, watch=args.watch_config))
     except ConfigError as exc:
         print(f"invalid config:\n{exc}", file=sys.stderr)
         return INVALID
@@ -114,13 +123,10 @@ async def _once(config: Config) -> OnceReport:
         return await daemon.once()
 
 
-async def _run(config: Config) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Daemon(config) as daemon:
-        await daemon.run(stop)
+async def _run(config: Config, *, watch: bool) -> None:
+    supervisor = Supervisor(config, asyncio.Event(), watch=watch)
+    supervisor.install_signals()
+    await supervisor.run()
 
 
 def _names(names: Sequence[str], limit: int = 6) -> str:

@@ -17,11 +17,10 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from monitor import __version__
 from monitor.commands import CommandContext
-from monitor.digest import Digester
+from monitor.digest import Digester, cron_trigger
 from monitor.dispatch import Dispatcher, DispatchStats
 from monitor.errors import ChannelError, ConfigError, ConfigProblem
 from monitor.match.matcher import Matcher
@@ -86,11 +85,16 @@ class OnceReport:
 
 
 class Daemon:
-    """Owns every long-lived resource; use as `async with Daemon(config) as daemon:`."""
+    """Owns every long-lived resource; use as `async with Daemon(config) as daemon:`.
+
+    A `store` given is already open and stays open (a reload runs a new Daemon on the store of
+    the old one); otherwise the Daemon opens the config's store and closes it.
+    """
 
     def __init__(self, config: Config, *, store: Store | None = None) -> None:
         self.config = config
         self.tz = ZoneInfo(config.timezone)
+        self._owns_store = store is None
         self.store = store or open_store(config.state)
         self._stack = AsyncExitStack()
         self._rng = random.Random()
@@ -106,8 +110,8 @@ class Daemon:
         stack = self._stack
         await stack.__aenter__()
         try:
-            await stack.enter_async_context(self.store)
-            await self.store.sync_feeds(self.config.feeds, utcnow())
+            if self._owns_store:
+                await stack.enter_async_context(self.store)
             policy = self.config.poll
             fetcher = await stack.enter_async_context(
                 HttpFetcher(policy, user_agent=policy.user_agent or USER_AGENT)
@@ -121,12 +125,15 @@ class Daemon:
                 except ChannelError as exc:  # e.g. a rejected bot token: fail fast
                     problem = ConfigProblem("", 0, f"channels.{spec.name}", str(exc))
                     raise ConfigError([problem]) from None
+            # Compiling thousands of rules takes a noticeable fraction of a second: off the
+            # loop, so a reload never stalls polls and sends in flight.
+            matcher = await asyncio.to_thread(Matcher, self.config.rules)
+            # Last, after everything that can refuse the config (a reload keeps the running
+            # one then): the feed set the running daemon polls must not have changed.
+            await self.store.sync_feeds(self.config.feeds, utcnow())
         except BaseException:
             await stack.aclose()
             raise
-        # Compiling thousands of rules takes a noticeable fraction of a second: off the loop,
-        # so a reload never stalls polls and sends in flight.
-        matcher = await asyncio.to_thread(Matcher, self.config.rules)
         poller = Poller(
             store=self.store,
             fetcher=fetcher,
@@ -136,6 +143,7 @@ class Daemon:
             clock=utcnow,
             rng=self._rng,
             targets={c.name: c.targets for c in self.config.channels if c.targets},
+            admin=self.config.admin,
         )
         feeds = {f.name: f for f in self.config.feeds}
         self.scheduler = PollScheduler(poller, feeds, policy.concurrency, utcnow, self._polled)
@@ -201,10 +209,13 @@ class Daemon:
                 job, "interval", seconds=every, id=name,
                 max_instances=1, coalesce=True, next_run_time=utcnow(),
             )  # fmt: skip
+        # Crontab weekdays (0 and 7 Sunday), which APScheduler's from_crontab misreads. No
+        # misfire limit: a digest due while the loop was held up (a suspended machine) still
+        # runs, once (coalesced), for the latest scheduled time.
         for channel, cron in self._digest_crons.items():
             jobs.add_job(
-                self._digest, CronTrigger.from_crontab(cron, timezone=self.tz), args=[channel],
-                id=f"digest-{channel}", max_instances=1, coalesce=True, misfire_grace_time=3600,
+                self._digest, cron_trigger(cron, self.tz), args=[channel],
+                id=f"digest-{channel}", max_instances=1, coalesce=True, misfire_grace_time=None,
             )  # fmt: skip
         jobs.start()
         await self._catch_up_digests()
@@ -232,10 +243,18 @@ class Daemon:
             # finish together, or stay pending for the next start.
             deadline = asyncio.get_running_loop().time() + GRACE
             self.dispatcher.stop()
+            # A digest being sent finishes in the same grace period (the scheduler's shutdown
+            # cancelled its job, not the digest); past it, it is stopped and sent at the next
+            # start. No new digest starts.
+            digests = asyncio.get_running_loop().create_task(self.digester.drain(GRACE))
             await self.scheduler.drain(GRACE)
             if self._dispatch_task is not None:
                 left = max(deadline - asyncio.get_running_loop().time(), 0.1)
-                await asyncio.wait([self._dispatch_task], timeout=left)
+                _, late = await asyncio.wait([self._dispatch_task], timeout=left)
+                for task in late:  # a send hanging past the grace: its lease covers it
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            await digests
             log.info("stopped; %d deliveries pending", await self.store.pending_count())
 
     async def _warn_orphans(self) -> None:
@@ -291,7 +310,9 @@ class Daemon:
                 return
 
     async def _catch_up_digests(self) -> None:
-        """A digest whose time passed while the daemon was down goes out now, once."""
+        """A digest whose time passed while the daemon was down goes out now, once. First,
+        claims left by a digest cut short (a crash) are released (`Digester.recover`, done by
+        `catch_up` under each channel's lock, so the retry job starting beside it is safe)."""
         try:
             for report in await self.digester.catch_up(utcnow()):
                 log.info("sent a missed digest", extra={"channel": report.channel})

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from monitor.decide import alerts_for, eligible
-from monitor.errors import FetchError, ParseError
+from monitor.errors import FetchError, ParseError, StoreError
+from monitor.health import Notice, assess, churn, churning, extra_failures, is_dead, notice_alert
 from monitor.match.matcher import Matcher
-from monitor.models import FeedSpec, FeedState, PollPolicy
-from monitor.schedule import next_poll_after_failure, next_poll_after_success
+from monitor.models import AdminSettings, FeedSpec, FeedState, Item, PollPolicy
+from monitor.schedule import next_poll_after_failure, next_poll_after_success, poll_hint
+from monitor.sources.identity import fingerprint
 from monitor.sources.protocol import Fetcher
 from monitor.sources.workers import ParsePool
 from monitor.store.protocol import Store
@@ -50,6 +53,8 @@ class Poller:
     rng: random.Random
     #: Channel -> its destinations (Telegram chats), each getting its own delivery.
     targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Where feed-health notices go; None: nowhere (feeds still die and recover).
+    admin: AdminSettings | None = None
 
     async def poll(self, feed: FeedSpec, state: FeedState) -> PollOutcome:
         """Poll `feed` once and record the outcome; never raises (but CancelledError).
@@ -58,35 +63,71 @@ class Poller:
         else (a store failure, a bug) is logged with its traceback and recorded the same way
         when the store still answers, so one feed's trouble never stops the others.
         """
+        churned: Notice | None = None
         try:
-            return await self._poll(feed, state)
+            outcome, churned = await self._poll(feed, state)
         except (FetchError, ParseError) as exc:
-            return await self._recorded_failure(feed, state, str(exc), exc)
+            outcome = await self._recorded_failure(feed, state, str(exc), exc)
+        except StoreError as exc:  # already says what is wrong with the state file
+            log.error("poll not recorded: %s", exc, extra={"feed": feed.name})
+            return PollOutcome(feed.name, "error", error=str(exc))
         except Exception as exc:
             log.exception("poll crashed", extra={"feed": feed.name})
-            return await self._recorded_failure(
+            outcome = await self._recorded_failure(
                 feed, state, f"internal error: {type(exc).__name__}: {exc}", None
             )
+        if self.admin is not None:
+            await self._health(feed, self.admin, churned)
+        return outcome
+
+    async def _health(self, feed: FeedSpec, admin: AdminSettings, churned: Notice | None) -> None:
+        """Send the admin channel the notice the feed's new state calls for, if any, then the
+        poll's churn notice: after it, so that a recovery in the same poll is still reported
+        (the churn notice replaces `FeedState.notice`, which `assess` reads)."""
+        try:
+            state = await self.store.feed_state(feed.name)
+            notice = None if state is None else assess(state, self.clock(), admin)
+            if notice is not None:
+                await self._notify(feed, notice, admin)
+            if churned is not None:
+                await self._notify(feed, churned, admin)
+        except Exception:  # a notice is never worth losing the poll over
+            log.exception("feed-health check failed", extra={"feed": feed.name})
+
+    async def _notify(self, feed: FeedSpec, notice: Notice, admin: AdminSettings) -> None:
+        now = self.clock()
+        alert = notice_alert(notice, feed, now, admin.channel) if notice.title else None
+        await self.store.record_notice(feed.name, notice.kind, alert, now=now, targets=self.targets)
+        if alert is not None:
+            log.warning("feed health: %s", notice.title, extra={"feed": feed.name})
 
     async def _recorded_failure(
         self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None
     ) -> PollOutcome:
         try:
-            return await self._failed(feed, state, error, getattr(exc, "retry_after", None))
+            return await self._failed(feed, state, error, exc)
         except Exception:  # the store itself is failing: nothing more can be recorded now
             log.exception("could not record the poll failure", extra={"feed": feed.name})
             return PollOutcome(feed.name, "error", error=error)
 
-    async def _poll(self, feed: FeedSpec, state: FeedState) -> PollOutcome:
+    async def _poll(self, feed: FeedSpec, state: FeedState) -> tuple[PollOutcome, Notice | None]:
+        """The poll's outcome, and the churn notice it calls for (sent by `_health`)."""
         fetched = await self.fetcher.fetch(feed, state.cache)
         if fetched.not_modified:
             now = self.clock()
-            next_at = next_poll_after_success(feed, now, self.policy, self.rng)
+            next_at = next_poll_after_success(
+                feed,
+                now,
+                self.policy,
+                self.rng,
+                hint=poll_hint(fetched.headers, None, now),
+                cadence=state.cadence,
+            )
             await self.store.record_not_modified(
                 feed.name, now=now, next_poll_at=next_at, cache=fetched.cache
             )
             log.debug("not modified", extra={"feed": feed.name})
-            return PollOutcome(feed.name, "not_modified")
+            return PollOutcome(feed.name, "not_modified"), None
 
         parsed = await self.parser.parse(
             fetched.body,
@@ -98,6 +139,20 @@ class Poller:
         )
         unseen = await self.store.unseen(feed.name, [item.key for item in parsed.items])
         new = [item for item in parsed.items if item.key in unseen]
+        # The same story under a new id (a feed rewriting its guids) is not news again.
+        suspects = _told_apart_by_id_only(parsed.items, new) if state.seeded else []
+        alike = await self.store.seen_alike(feed.name, suspects) if suspects else set()
+        if alike and not churning(len(alike), len(parsed.items)):
+            # One or two stories repeating a stored link and title (a "daily briefing" on
+            # one page) are new items; only a feed rewriting most ids has unstable ids.
+            alike = set()
+        if alike:
+            log.info(
+                "%d items came back under new ids with the same link and title: not alerted",
+                len(alike),
+                extra={"feed": feed.name},
+            )
+            new = [item for item in new if item.key not in alike]
         candidates = eligible(new, seeded=state.seeded, first_fetch=feed.first_fetch)
         now = self.clock()
         # Matching is CPU work that grows with items x rules: keep it off the event loop.
@@ -111,10 +166,18 @@ class Poller:
             alerts,
             cache=fetched.cache,
             now=now,
-            next_poll_at=next_poll_after_success(feed, now, self.policy, self.rng),
+            next_poll_at=next_poll_after_success(
+                feed,
+                now,
+                self.policy,
+                self.rng,
+                hint=poll_hint(fetched.headers, parsed.ttl, now),
+                cadence=state.cadence,
+            ),
             warning=warning,
             targets=self.targets,
         )
+        churned = churn(state, len(alike), len(parsed.items)) if self.admin else None
         if warning and warning != state.last_warning:
             log.warning("feed parsed with a problem: %s", warning, extra={"feed": feed.name})
         log.info(
@@ -125,23 +188,46 @@ class Poller:
             "" if state.seeded else " (first fetch)",
             extra={"feed": feed.name},
         )
-        return PollOutcome(feed.name, "ok", len(recorded.new_items), recorded.alerts)
+        outcome = PollOutcome(feed.name, "ok", len(recorded.new_items), recorded.alerts)
+        return outcome, churned
 
     async def _failed(
-        self, feed: FeedSpec, state: FeedState, error: str, retry_after: float | None
+        self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None
     ) -> PollOutcome:
         now = self.clock()
         failures = state.consecutive_failures + 1
-        next_at = next_poll_after_failure(feed, now, failures, retry_after, self.policy, self.rng)
-        await self.store.record_failure(feed.name, error, now=now, next_poll_at=next_at)
-        log.warning(
-            "poll failed (%d in a row), next try at %s: %s",
-            failures,
-            next_at.isoformat(timespec="seconds"),
-            error,
-            extra={"feed": feed.name},
+        retry_after = getattr(exc, "retry_after", None)
+        next_at = next_poll_after_failure(
+            feed, now, failures + extra_failures(exc), retry_after, self.policy, self.rng
         )
+        dead = is_dead(state, exc, now, self.policy)
+        await self.store.record_failure(feed.name, error, now=now, next_poll_at=next_at, dead=dead)
+        if dead:
+            log.error(
+                "feed is dead and no longer polled (revive: monitor feeds --retry %s): %s",
+                feed.name,
+                error,
+                extra={"feed": feed.name},
+            )
+        else:
+            log.warning(
+                "poll failed (%d in a row), next try at %s: %s",
+                failures,
+                next_at.isoformat(timespec="seconds"),
+                error,
+                extra={"feed": feed.name},
+            )
         return PollOutcome(feed.name, "error", error=error)
+
+
+def _told_apart_by_id_only(listed: Sequence[Item], new: Sequence[Item]) -> list[Item]:
+    """The `new` items whose link and title are their own in the document: only those can
+    be a stored story under a new id. When the document lists several items with one link
+    and one title (a feed linking every item to one page under one title), link and title
+    are no identity in this feed, and a new id there is a new item."""
+    prints = {item.key: fingerprint(item.link, item.title) for item in listed}
+    counts = Counter(p for p in prints.values() if p is not None)
+    return [item for item in new if (p := prints.get(item.key)) is not None and counts[p] == 1]
 
 
 def _skipped(count: int) -> str:

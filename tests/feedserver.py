@@ -17,6 +17,7 @@ import hashlib
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -340,6 +341,44 @@ def redirect_loop() -> Handler:
 
     def handler(h: BaseHTTPRequestHandler) -> None:
         _send(h, 302, b"", {"Location": h.path})
+
+    return handler
+
+
+def raw_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Handler:
+    """`status` and `body` with exactly `headers` (no Content-Type unless given) and a
+    Content-Length; no validators, so every request gets the full answer."""
+    fixed = dict(headers or {})
+
+    def handler(h: BaseHTTPRequestHandler) -> None:
+        _send(h, status, body, fixed)
+
+    return handler
+
+
+def truncated_body(body: bytes, declared: int) -> Handler:
+    """200 declaring a Content-Length of `declared` bytes, sending only `body`, then hanging up."""
+
+    def handler(h: BaseHTTPRequestHandler) -> None:
+        h.close_connection = True
+        h.send_response(200)
+        h.send_header("Content-Type", "application/rss+xml")
+        h.send_header("Content-Length", str(declared))
+        h.end_headers()
+        with contextlib.suppress(*CLIENT_GONE):
+            h.wfile.write(body)
+
+    return handler
+
+
+def connection_reset() -> Handler:
+    """Reads the request, then resets the connection (RST, not FIN) without answering."""
+
+    def handler(h: BaseHTTPRequestHandler) -> None:
+        h.close_connection = True
+        # SO_LINGER 0 makes close() send RST instead of FIN.
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        h.connection.close()
 
     return handler
 

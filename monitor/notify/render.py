@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -15,7 +16,10 @@ def local_time(moment: datetime | None, tz: ZoneInfo) -> str:
     """`2026-11-28 09:15 CET`, or "" when unknown."""
     if moment is None:
         return ""
-    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+    # Year 1 or 9999 has no local time in some zones: shown in UTC then.
+    with contextlib.suppress(OverflowError, ValueError):
+        moment = moment.astimezone(tz)
+    return moment.strftime("%Y-%m-%d %H:%M %Z")
 
 
 def shorten(text: str, limit: int) -> str:
