@@ -70,6 +70,10 @@ class FeedSpec:
     max_interval: timedelta | None = None
     #: Follow the feed's observed posting rate within [min_interval, max_interval].
     adaptive: bool = False
+    #: May this feed's fetches (redirects included) connect to loopback, private, link-local
+    #: and other non-public addresses? None: only when the URL itself names such an address
+    #: (an IP literal or `localhost`), so a public feed can never lead us inside the network.
+    allow_private: bool | None = None
 
     @property
     def interval_floor(self) -> timedelta:

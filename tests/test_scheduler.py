@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor.config import load_config
 from monitor.daemon import Daemon
 from monitor.match.matcher import Matcher
-from monitor.models import FeedSpec, FetchLimits, PollPolicy
-from monitor.pipeline import Poller
+from monitor.models import CacheInfo, FeedSpec, Fetched, FetchLimits, PollPolicy
+from monitor.pipeline import Poller, PollOutcome
 from monitor.scheduler import PollScheduler
 from monitor.sources.http import HttpFetcher
 from monitor.sources.workers import ParsePool
@@ -103,3 +105,96 @@ rules:
     assert outcomes["b"].status == "ok"
     assert report.dispatch.sent == 1
     assert "Talks resume" in (tmp_path / "alerts.jsonl").read_text(encoding="utf-8")
+
+
+class GaugedFetcher:
+    """Answers 304 after a short wait; records which feeds it fetched and the most at once."""
+
+    def __init__(self, hold: float = 0.02) -> None:
+        self.hold = hold
+        self.now = 0
+        self.peak = 0
+        self.fetched: list[str] = []
+
+    async def fetch(self, feed: FeedSpec, cache: CacheInfo) -> Fetched:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        self.fetched.append(feed.name)
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.now -= 1
+        return Fetched(feed.url, 304, b"", {}, cache)
+
+    async def __aenter__(self) -> GaugedFetcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+
+@asynccontextmanager
+async def scheduler_for(
+    names: list[str], slots: int, clock: Clock
+) -> AsyncIterator[tuple[PollScheduler, GaugedFetcher, MemoryStore, list[PollOutcome]]]:
+    """A scheduler over `names` (all due), with a 304-answering fetcher and a memory store."""
+    url = "http://h.test/"
+    feeds = {n: FeedSpec(name=n, url=url + n, interval=timedelta(hours=1)) for n in names}
+    fetcher = GaugedFetcher()
+    async with MemoryStore() as store, ParsePool(workers=0) as parser:
+        await store.sync_feeds(list(feeds.values()), clock.now - timedelta(hours=2))
+        poller = Poller(store, fetcher, parser, Matcher(()), PollPolicy(), clock, random.Random(1))
+        done: list[PollOutcome] = []
+        scheduler = PollScheduler(poller, feeds, slots, clock, done.append)
+        try:
+            yield scheduler, fetcher, store, done
+        finally:
+            await scheduler.drain(5.0)
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_finished_poll_claims_the_next_due_feed_without_waiting_for_a_tick() -> None:
+    clock = Clock()
+    names = [f"f{n}" for n in range(30)]
+    async with scheduler_for(names, 4, clock) as (scheduler, fetcher, store, done):
+        assert await scheduler.tick() == 4  # the only tick: the rest is claimed as slots free
+
+        await wait_for(lambda: len(done) == 30)
+        assert sorted(fetcher.fetched) == sorted(names)  # each exactly once
+        assert fetcher.peak == 4  # never more than the slots
+        assert {o.status for o in done} == {"not_modified"}
+        await wait_for(lambda: scheduler.in_flight == 0)
+        # Nothing is due any more: finished polls stop claiming once a claim comes back short.
+        assert await store.claim_due_feeds(clock.now, 100, timedelta(minutes=1)) == []
+
+
+async def test_ticks_and_refills_together_never_exceed_the_slots() -> None:
+    clock = Clock()
+    names = [f"f{n}" for n in range(40)]
+    async with scheduler_for(names, 3, clock) as (scheduler, fetcher, _store, done):
+        while len(done) < 40:
+            await scheduler.tick()  # a tick racing the refills must not overbook the slots
+            await asyncio.sleep(0.005)
+
+    assert fetcher.peak == 3
+    assert sorted(fetcher.fetched) == sorted(names)
+
+
+async def test_no_claims_after_drain() -> None:
+    clock = Clock()
+    names = [f"f{n}" for n in range(10)]
+    async with scheduler_for(names, 2, clock) as (scheduler, fetcher, store, _done):
+        await scheduler.tick()
+        await scheduler.drain(5.0)
+        await asyncio.sleep(0.1)
+
+        assert scheduler.in_flight == 0
+        assert len(fetcher.fetched) == 2  # the two in flight finished; nothing new started
+        assert len(await store.claim_due_feeds(clock.now, 100, timedelta(minutes=1))) == 8

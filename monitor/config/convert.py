@@ -182,6 +182,7 @@ def _feeds(top: schema.Top, report: Reporter, known: _Known) -> list[FeedSpec]:
                 min_interval=low,
                 max_interval=high,
                 adaptive=d.adaptive if feed.adaptive is None else feed.adaptive,
+                allow_private=d.allow_private if feed.allow_private is None else feed.allow_private,
             )
         )
     return out

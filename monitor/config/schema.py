@@ -156,10 +156,18 @@ class Defaults(Strict):
     min_interval: Interval | None = None
     max_interval: Interval | None = None
     adaptive: bool = False
+    allow_private: bool | None = None
     first_fetch: FirstFetch = Backfill(backfill=0)
     timeout: Timeout = Timeout()
     max_size: Size = _LIMITS.max_bytes
     max_redirects: Redirects = _LIMITS.max_redirects
+
+
+def _zero(value: object) -> object:
+    """0 (`0`, `"0"`, `"0s"`) as a duration, where it turns a floor off; else unchanged."""
+    if isinstance(value, int | float | str) and str(value).strip() in ("0", "0s", "0ms", "0.0"):
+        return timedelta(0)
+    return value
 
 
 class Poll(Strict):
@@ -169,7 +177,7 @@ class Poll(Strict):
     backoff_cap: Duration = _POLL.backoff_cap
     max_items: int = Field(default=_POLL.max_items, ge=1)
     user_agent: Annotated[str, AfterValidator(_header)] = _POLL.user_agent
-    host_interval: Duration = _POLL.host_interval
+    host_interval: Annotated[Duration, BeforeValidator(_zero)] = _POLL.host_interval
     dead_after: Annotated[Duration, at_least(_HOUR_FLOOR)] = _POLL.dead_after
 
 
@@ -229,6 +237,7 @@ class Feed(Strict):
     min_interval: Interval | None = None
     max_interval: Interval | None = None
     adaptive: bool | None = None
+    allow_private: bool | None = None
     first_fetch: FirstFetch | None = None
     timeout: Timeout | None = None
     max_size: Size | None = None

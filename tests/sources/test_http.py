@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gzip
+import itertools
 import socket
 import ssl
 import struct
@@ -24,6 +25,8 @@ import pytest
 
 from monitor.errors import FetchError, HTTPStatusError
 from monitor.models import CacheInfo, FeedSpec, FetchLimits, PollPolicy
+from monitor.sources import http as http_module
+from monitor.sources.guard import AddressGuard, system_resolve
 from monitor.sources.http import HttpFetcher, parse_retry_after
 from tests.feedserver import (
     FeedServer,
@@ -49,7 +52,8 @@ def spec(url: str, **limits: Any) -> FeedSpec:
 
 @pytest.fixture
 async def fetcher() -> AsyncIterator[HttpFetcher]:
-    async with HttpFetcher(PollPolicy(concurrency=10, per_host=10), user_agent=UA) as f:
+    policy = PollPolicy(concurrency=10, per_host=10, host_interval=timedelta(0))
+    async with HttpFetcher(policy, user_agent=UA) as f:
         yield f
 
 
@@ -512,9 +516,9 @@ async def test_https_to_http_redirect_refused(
     feed_server.set("/feed", RSS)
     tls_server.set("/feed", RSS)
     tls_server.handle("/old", redirect_to(feed_server.url("/feed")))
-    trusting = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=certificate[0]))
+    trusting = ssl.create_default_context(cafile=certificate[0])
 
-    async with HttpFetcher(PollPolicy(), user_agent=UA, transport=trusting) as fetcher:
+    async with HttpFetcher(PollPolicy(), user_agent=UA, ssl_context=trusting) as fetcher:
         ok = await fetcher.fetch(spec(tls_server.url("/feed")), CacheInfo())
         error = await failure(fetcher, tls_server.url("/old"))
 
@@ -549,7 +553,10 @@ class Gauge:
 
 @pytest.mark.parametrize(
     ("policy", "expected"),
-    [(PollPolicy(concurrency=10, per_host=2), 2), (PollPolicy(concurrency=3, per_host=10), 3)],
+    [
+        (PollPolicy(concurrency=10, per_host=2, host_interval=timedelta(0)), 2),
+        (PollPolicy(concurrency=3, per_host=10, host_interval=timedelta(0)), 3),
+    ],
     ids=["per-host", "global"],
 )
 async def test_concurrency_limits(
@@ -606,3 +613,230 @@ async def test_credentials_not_forwarded_to_another_host(
     first, second = (headers for _, headers in feed_server.requests)
     assert first["authorization"].startswith("Basic ")
     assert "authorization" not in second
+
+
+# --- politeness floor --------------------------------------------------------------------------
+
+
+class Arrivals:
+    """A handler that records when each request arrived (monotonic clock) and answers RSS."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, float]] = []
+
+    def __call__(self, h: BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.seen.append((h.headers.get("Host", ""), time.monotonic()))
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(RSS)))
+        h.end_headers()
+        h.wfile.write(RSS)
+
+    def times(self, host: str) -> list[float]:
+        return [t for h, t in self.seen if h.startswith(host)]
+
+
+# The fetcher spaces request starts by FLOOR; the server sees them after a loopback hop whose
+# latency varies a little, so the gaps it sees are checked against a bound with 50 ms to spare.
+FLOOR = timedelta(milliseconds=300)
+SEEN_FLOOR = 0.25
+
+
+async def test_host_interval_spaces_fetch_starts_to_one_host(feed_server: FeedServer) -> None:
+    arrivals = Arrivals()
+    feed_server.handle("/feed", arrivals)
+    policy = PollPolicy(concurrency=10, per_host=10, host_interval=FLOOR)
+
+    async with HttpFetcher(policy, user_agent=UA) as fetcher:
+        results = await asyncio.gather(
+            *(fetcher.fetch(spec(feed_server.url("/feed")), CacheInfo()) for _ in range(4))
+        )
+
+    assert all(r.body == RSS for r in results)
+    times = arrivals.times("127.0.0.1")
+    assert len(times) == 4
+    assert all(later - earlier >= SEEN_FLOOR for earlier, later in itertools.pairwise(times))
+
+
+async def test_a_fetch_waiting_for_its_host_holds_no_global_slot(feed_server: FeedServer) -> None:
+    arrivals = Arrivals()
+    feed_server.handle("/feed", arrivals)
+    here = feed_server.url("/feed")
+    other = here.replace("127.0.0.1", "localhost")  # same server, another host
+    policy = PollPolicy(concurrency=1, per_host=10, host_interval=FLOOR)
+
+    async with HttpFetcher(policy, user_agent=UA) as fetcher:
+        await asyncio.gather(
+            fetcher.fetch(spec(here), CacheInfo()),
+            fetcher.fetch(spec(here), CacheInfo()),
+            fetcher.fetch(spec(other), CacheInfo()),
+        )
+
+    # The second fetch to 127.0.0.1 waits out the floor; with the only global slot free
+    # meanwhile, the fetch to localhost goes first. The floor is per host.
+    assert [host.partition(":")[0] for host, _ in arrivals.seen] == [
+        "127.0.0.1",
+        "localhost",
+        "127.0.0.1",
+    ]
+    first, second = arrivals.times("127.0.0.1")
+    assert second - first >= SEEN_FLOOR
+
+
+async def test_host_interval_zero_disables_the_floor(feed_server: FeedServer) -> None:
+    gauge = Gauge()
+    feed_server.handle("/feed", gauge)
+    policy = PollPolicy(concurrency=10, per_host=3, host_interval=timedelta(0))
+
+    async with HttpFetcher(policy, user_agent=UA) as fetcher:
+        await asyncio.gather(
+            *(fetcher.fetch(spec(feed_server.url("/feed")), CacheInfo()) for _ in range(6))
+        )
+
+    assert gauge.peak == 3  # held 150 ms each: three at once only without a floor
+
+
+# --- keep-alive --------------------------------------------------------------------------------
+
+
+class KeepAliveServer:
+    """A minimal HTTP/1.1 server on the test's own loop: counts connections and requests, and
+    can drop each connection right after its response (without saying so first)."""
+
+    def __init__(self, *, drop_after_response: bool = False, junk: bytes = b"") -> None:
+        self.drop = drop_after_response
+        self.junk = junk
+        self.connections = 0
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> KeepAliveServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def url(self, path: str = "/feed") -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}{path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                self.requests += 1
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(RSS)
+                writer.write(head + RSS + self.junk)
+                await writer.drain()
+                if self.drop:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_connections_are_kept_alive_between_fetches(fetcher: HttpFetcher) -> None:
+    async with KeepAliveServer() as server:
+        for _ in range(3):
+            assert (await fetcher.fetch(spec(server.url()), CacheInfo())).body == RSS
+
+    assert (server.requests, server.connections) == (3, 1)
+
+
+async def test_a_kept_alive_connection_the_server_dropped_is_not_an_error(
+    fetcher: HttpFetcher,
+) -> None:
+    async with KeepAliveServer(drop_after_response=True) as server:
+        for _ in range(3):
+            # Whether the drop is seen before the next request or only when it fails, the
+            # fetch goes over a new connection and succeeds.
+            assert (await fetcher.fetch(spec(server.url()), CacheInfo())).body == RSS
+            await asyncio.sleep(0)
+
+    assert (server.requests, server.connections) == (3, 3)
+
+
+async def test_a_request_on_a_stale_connection_is_retried_once_on_a_new_one(
+    fetcher: HttpFetcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the server's close had not arrived yet when the connection was taken from the pool.
+    monkeypatch.setattr(http_module._Connection, "reusable", lambda self: True)
+    async with KeepAliveServer(drop_after_response=True) as server:
+        for _ in range(3):
+            assert (await fetcher.fetch(spec(server.url()), CacheInfo())).body == RSS
+            await asyncio.sleep(0.05)  # the drop has surely happened
+
+    assert (server.requests, server.connections) == (3, 3)
+
+
+async def test_a_connection_with_bytes_after_its_response_is_not_reused(
+    fetcher: HttpFetcher,
+) -> None:
+    # Read as the next response, they would fail the next feed fetched over this connection.
+    async with KeepAliveServer(junk=b"HTTP/1.1 200 OK\r\n") as server:
+        for _ in range(2):
+            assert (await fetcher.fetch(spec(server.url()), CacheInfo())).body == RSS
+            await asyncio.sleep(0.05)
+
+    assert (server.requests, server.connections) == (2, 2)
+
+
+# --- address guard (F02-F05) -------------------------------------------------------------------
+
+
+def _names(table: dict[str, list[str]]) -> AddressGuard:
+    async def resolve(host: str, port: int) -> list[str]:
+        return table[host] if host in table else await system_resolve(host, port)
+
+    return AddressGuard(resolve)
+
+
+async def test_guard_blocks_a_name_resolving_to_loopback(feed_server: FeedServer) -> None:
+    feed_server.set("/feed", RSS)
+    url = feed_server.url("/feed").replace("127.0.0.1", "evil.example")
+    guard = _names({"evil.example": ["127.0.0.1"]})
+
+    async with HttpFetcher(PollPolicy(), user_agent=UA, guard=guard) as fetcher:
+        error = await failure(fetcher, url)
+        allowed = await fetcher.fetch(replace(spec(url), allow_private=True), CacheInfo())
+        # The idle connection from the allowed fetch is not lent to a fetch that may not.
+        again = await failure(fetcher, url)
+
+    expected = (
+        "blocked address 127.0.0.1 (loopback) for evil.example: "
+        "set allow_private: true on this feed to fetch it"
+    )
+    assert error.reason == expected
+    assert again.reason == expected
+    assert allowed.body == RSS
+    assert feed_server.hits("/feed") == 1
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "127.1", "[::ffff:127.0.0.1]"])
+async def test_guard_blocks_ip_literal_tricks(
+    feed_server: FeedServer, fetcher: HttpFetcher, host: str
+) -> None:
+    feed_server.set("/feed", RSS)
+    error = await failure(fetcher, feed_server.url("/feed").replace("127.0.0.1", host))
+    assert error.reason.startswith("blocked address 127.0.0.1 (loopback) for ")
+    assert feed_server.hits("/feed") == 0
+
+
+async def test_explicit_allow_private_false_overrides_a_typed_literal(
+    feed_server: FeedServer, fetcher: HttpFetcher
+) -> None:
+    feed_server.set("/feed", RSS)
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch(
+            replace(spec(feed_server.url("/feed")), allow_private=False), CacheInfo()
+        )
+    assert info.value.reason == (
+        "blocked address 127.0.0.1 (loopback): set allow_private: true on this feed to fetch it"
+    )
+    assert feed_server.hits("/feed") == 0
