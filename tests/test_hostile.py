@@ -476,11 +476,6 @@ def cases(secret: Path) -> list[Case]:
             ("São Paulo talks",),
             warning="declared charset 'utf-8' was wrong",
             check=lambda run, case: _titles_are(run, case, {"São Paulo talks", "Ação"}),
-            bug=(
-                "bytes declared UTF-8 that are not fall back to chardet's guess for the whole "
-                "document: Latin-1 'São Paulo talks' / 'Ação' become windows-1257 'Sćo Paulo "
-                "talks' / 'Aēćo' (monitor/sources/feed.py _decode -> convert_to_utf8)"
-            ),
         ),
         parses(
             "utf8-with-one-bad-byte",
@@ -497,11 +492,6 @@ def cases(secret: Path) -> list[Case]:
             ("Переговоры в Женеве",),
             check=lambda run, case: _titles_are(
                 run, case, {"Переговоры в Женеве", "Новости дня", "Спорт"}
-            ),
-            bug=(
-                "one invalid byte in a UTF-8 feed makes the whole document decode as chardet's "
-                "guess (iso-8859-13): every Cyrillic title becomes mojibake and the matching "
-                "item's alert is lost"
             ),
         ),
         # --- entities --------------------------------------------------------------------------

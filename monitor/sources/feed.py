@@ -50,6 +50,12 @@ _JSON_TYPES = ("application/feed+json", "application/json")
 _HTML_START = re.compile(rb"<(?:!doctype\s+html|html|head|body)[\s>]", re.IGNORECASE)
 _OVERRIDE = re.compile(r"declared as (.*), but parsed as (.*)")
 _XML_ENCODING = re.compile(rb"<\?xml[^>]*\bencoding\s*=")
+_PROLOG_ENCODING = re.compile(rb"<\?xml[^>]*\bencoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._-]+)", re.IGNORECASE)
+#: A well-formed UTF-8 sequence of two to four bytes.
+_UTF8_MULTIBYTE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
 
 # An entity declaration up to its closing ">", quotes respected; an unterminated one runs to
 # the end of the data. Possessive and first-character-exclusive, so matching stays linear.
@@ -187,8 +193,35 @@ def _decode(body: bytes, headers: dict[str, str]) -> tuple[bytes, str | None]:
     text: bytes = convert_to_utf8(headers, body, outcome)
     if not outcome.get("bozo"):
         return text, None
+    if sniffed is None and isinstance(
+        outcome.get("bozo_exception"), feedparser.CharacterEncodingOverride
+    ):
+        repaired = _repair_utf8(body, content_type)
+        if repaired is not None:
+            return repaired
     declared = "charset" in content_type or _XML_ENCODING.search(body[:512]) is not None
     return text, _describe_bozo(outcome.get("bozo_exception"), declared=declared)
+
+
+def _repair_utf8(body: bytes, content_type: str) -> tuple[bytes, str] | None:
+    """A document declared UTF-8 whose bytes are not all UTF-8, decoded better than by
+    feedparser's fallback (chardet's guess for the whole document, which turns one stray byte
+    in a Cyrillic feed into mojibake everywhere): UTF-8 with the stray bytes replaced when the
+    rest is real UTF-8 (multi-byte sequences decode), else windows-1252 (Latin-1 text with a
+    wrong declaration). None unless what the server and the prolog declared is UTF-8."""
+    charset = _CHARSET.search(content_type)
+    prolog = _PROLOG_ENCODING.search(body[:512])
+    declared = {charset[1]} if charset else set()
+    declared |= {prolog[1].decode("ascii")} if prolog else set()
+    # Every declaration says UTF-8 (when the header and the prolog disagree, feedparser's own
+    # fallbacks, which try the other one, decide).
+    if not declared or any(d.lower().replace("_", "-") not in ("utf-8", "utf8") for d in declared):
+        return None
+    if _UTF8_MULTIBYTE.search(body):
+        text = body.decode("utf-8", "replace").encode("utf-8")
+        return text, "invalid UTF-8 bytes in a feed declared UTF-8 were replaced"
+    text = body.decode("cp1252", "replace").encode("utf-8")
+    return text, "declared charset 'utf-8' was wrong; decoded as windows-1252"
 
 
 def _is_json(core: bytes, content_type: str) -> bool:
