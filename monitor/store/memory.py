@@ -422,20 +422,8 @@ class MemoryStore:
         lease: timedelta,
         skip_targets: Collection[str] = (),
     ) -> list[Delivery]:
-        self._check()
         now = utc(now)
-        skip = frozenset(skip_targets)
-        due = [
-            row
-            for row in self._deliveries.values()
-            if row.channel == channel
-            and row.target not in skip
-            and row.status is DeliveryStatus.PENDING
-            and (row.next_attempt_at is None or row.next_attempt_at <= now)
-            and not lease_live(row.lease_until, now)
-        ]
-        due.sort(key=lambda r: (r.created_at, r.id))
-        claimed = due[: max(limit, 0)]
+        claimed = self._due(channel, now, limit, skip_targets)
         for row in claimed:
             row.lease_until = now + lease
         return [self._to_delivery(row) for row in claimed]
@@ -624,8 +612,13 @@ class MemoryStore:
         limit: int,
         skip_targets: Collection[str] = (),
     ) -> list[Delivery]:
+        return [self._to_delivery(row) for row in self._due(channel, utc(now), limit, skip_targets)]
+
+    def _due(
+        self, channel: str, now: datetime, limit: int, skip_targets: Collection[str]
+    ) -> list[_Delivery]:
+        """`channel`'s pending deliveries due at `now` and not claimed, oldest first."""
         self._check()
-        now = utc(now)
         skip = frozenset(skip_targets)
         due = [
             row
@@ -637,7 +630,7 @@ class MemoryStore:
             and not lease_live(row.lease_until, now)
         ]
         due.sort(key=lambda r: (r.created_at, r.id))
-        return [self._to_delivery(row) for row in due[: max(limit, 0)]]
+        return due[: max(limit, 0)]
 
     async def release_claims(self, channel: str) -> int:
         self._check()
