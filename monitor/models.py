@@ -210,6 +210,9 @@ class FeedState:
     #: Last feed-health notice sent to the admin channel ("" none, or "failing", "dead",
     #: "silent", "churn"); a notice is sent once per change of this value.
     notice: str = ""
+    #: RSS `<ttl>` (minutes) of the last document fetched, if it had one: a 304 carries no
+    #: document, so polling after one honours this.
+    ttl: int | None = None
 
 
 # --- rules and matches -------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class Poller:
                 now,
                 self.policy,
                 self.rng,
-                hint=poll_hint(fetched.headers, None, now),
+                hint=poll_hint(fetched.headers, state.ttl, now),
                 cadence=state.cadence,
             )
             await self.store.record_not_modified(
@@ -176,6 +176,7 @@ class Poller:
             ),
             warning=warning,
             targets=self.targets,
+            ttl=parsed.ttl,
         )
         churned = churn(state, len(alike), len(parsed.items)) if self.admin else None
         if warning and warning != state.last_warning:

@@ -578,6 +578,23 @@ async def test_rss_ttl_lengthens_the_interval(make_rig: MakeRig) -> None:
         assert await rig.delay() == 2 * HOUR
 
 
+async def test_rss_ttl_is_honoured_after_a_304(make_rig: MakeRig) -> None:
+    """A 304 carries no document: the ttl of the last one fetched still holds."""
+    feeds = [spec("f", max_interval=2 * HOUR)]
+    async with make_rig(feeds=feeds) as rig:
+        rig.serve(document([("g1", "story 1", "https://news.example/1")], ttl=90))
+        assert (await rig.poll()).status == "ok"
+        rig.clock.now += 90 * MINUTE
+        assert (await rig.poll()).status == "not_modified"
+        assert (await rig.state()).ttl == 90
+        assert await rig.delay() == 90 * MINUTE
+        rig.serve(document([("g2", "story 2", "https://news.example/2")]))
+        rig.clock.now += 90 * MINUTE
+        assert (await rig.poll()).status == "ok"
+        assert (await rig.state()).ttl is None
+        assert await rig.delay() == INTERVAL
+
+
 async def test_a_busy_adaptive_feed_is_polled_at_its_floor(make_rig: MakeRig) -> None:
     feeds = [spec("f", adaptive=True, min_interval=2 * MINUTE)]
     async with make_rig(feeds=feeds) as rig:

@@ -209,6 +209,7 @@ class MemoryStore:
         next_poll_at: datetime,
         warning: str = "",
         targets: Mapping[str, Sequence[str]] | None = None,
+        ttl: int | None = None,
     ) -> Recorded:
         row = self._feed(feed)
         now, next_poll_at = utc(now), utc(next_poll_at)
@@ -239,6 +240,7 @@ class MemoryStore:
             failing_since=None,
             last_new_at=last_new_at,
             cadence=cadence,
+            ttl=ttl,
         )
         row.last_fetched_at = now
         row.lease_until = None

@@ -127,6 +127,7 @@ class Store(Protocol):
         next_poll_at: datetime,
         warning: str = "",
         targets: Mapping[str, Sequence[str]] | None = None,
+        ttl: int | None = None,
     ) -> Recorded:
         """Finish a successful poll in one transaction.
 
@@ -152,6 +153,7 @@ class Store(Protocol):
         Health: clears `failing_since`; when the feed was seeded and this call stored new
         items, updates `cadence` from the time since `last_new_at` (see `common.next_cadence`)
         and sets `last_new_at = now`; the first fetch sets `last_new_at = now` only.
+        Saves `ttl` (the document's RSS `<ttl>`, minutes, or None) as `FeedState.ttl`.
         """
         ...
 

@@ -456,6 +456,7 @@ class SQLiteStore:
         next_poll_at: datetime,
         warning: str = "",
         targets: Mapping[str, Sequence[str]] | None = None,
+        ttl: int | None = None,
     ) -> Recorded:
         items, alerts = tuple(items), tuple(alerts)
         # Cleaned (copied) here, so a str mistaken for a list of targets fails on this side.
@@ -471,6 +472,7 @@ class SQLiteStore:
                 next_poll_at=next_poll_at,
                 warning=warning,
                 targets=chosen,
+                ttl=ttl,
             )
         )
 

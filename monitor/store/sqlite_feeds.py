@@ -42,7 +42,7 @@ CHUNK = 500
 _FEED_COLUMNS = (
     "name, url, etag, last_modified, next_poll_at, last_polled_at, last_success_at,"
     " last_error, consecutive_failures, seeded, items_seen, last_warning,"
-    " failing_since, dead_since, dead_reason, last_new_at, cadence, notice"
+    " failing_since, dead_since, dead_reason, last_new_at, cadence, notice, ttl"
 )
 _ITEM_COLUMNS = "feed, key, title, link, summary, author, tags_json, published, seen_at"
 
@@ -75,6 +75,7 @@ def _feed_state(row: Any) -> FeedState:
         last_new_at=opt_text_to_dt(row[15]),
         cadence=None if row[16] is None else timedelta(seconds=row[16]),
         notice=row[17],
+        ttl=row[18],
     )
 
 
@@ -246,6 +247,7 @@ def record_items(
     next_poll_at: datetime,
     warning: str,
     targets: Mapping[str, Sequence[str]] | None = None,
+    ttl: int | None = None,
 ) -> Recorded:
     # Convert every input before BEGIN: a bad one fails before anything is written.
     now_text, next_text = dt_to_text(now), dt_to_text(next_poll_at)
@@ -268,7 +270,7 @@ def record_items(
             " next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
             " last_error = '', consecutive_failures = 0, seeded = 1,"
             " items_seen = items_seen + :new, last_warning = :warning, lease_until = NULL,"
-            " last_fetched_at = :now, failing_since = NULL WHERE name = :feed",
+            " last_fetched_at = :now, failing_since = NULL, ttl = :ttl WHERE name = :feed",
             {
                 "etag": cache.etag,
                 "last_modified": cache.last_modified,
@@ -277,6 +279,7 @@ def record_items(
                 "new": len(new),
                 "warning": warning,
                 "feed": feed,
+                "ttl": ttl,
             },
         )
     new_items = tuple(replace(kept, content=given.content) for given, kept in new)

@@ -58,6 +58,7 @@ async def record(
     cache: CacheInfo | None = None,
     warning: str = "",
     targets: Mapping[str, Sequence[str]] | None = None,
+    ttl: int | None = None,
 ) -> Recorded:
     return await store.record_items(
         feed,
@@ -68,6 +69,7 @@ async def record(
         next_poll_at=next_poll_at or now + 5 * MINUTE,
         warning=warning,
         targets=targets,
+        ttl=ttl,
     )
 
 
