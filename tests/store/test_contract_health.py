@@ -120,6 +120,15 @@ async def test_cadence_is_a_moving_average_of_the_gaps_between_new_items(store: 
     assert 2 * HOUR > third.cadence > HOUR
 
 
+async def test_the_documents_ttl_is_kept_until_the_next_document(store: Store) -> None:
+    await record(store, "a", [item("k1")], now=T0, ttl=90)
+    assert (await state(store)).ttl == 90
+    await store.record_not_modified("a", now=T0 + HOUR, next_poll_at=T0 + 2 * HOUR, cache=None)
+    assert (await state(store)).ttl == 90  # a 304 has no document: the last ttl holds
+    await record(store, "a", [item("k1")], now=T0 + 2 * HOUR)
+    assert (await state(store)).ttl is None
+
+
 # --- notices -----------------------------------------------------------------------------------
 
 
