@@ -43,7 +43,8 @@ from tests.feedserver import (
 RSS = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
 UA = "monitor-test/1.0 (+https://example.invalid/bot)"
 CAP = 64 * 1024
-LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_bytes=CAP)
+# Generous, so a loaded machine never trips them; tests of the time bounds pass their own.
+LIMITS = FetchLimits(connect_timeout=10.0, read_timeout=10.0, deadline=20.0, max_bytes=CAP)
 
 
 def spec(url: str, **limits: Any) -> FeedSpec:
