@@ -32,6 +32,7 @@ from monitor.store import sqlite_feeds as feeds_sql
 from monitor.store import sqlite_health as health_sql
 from monitor.store import sqlite_mutes as mutes_sql
 from monitor.store import sqlite_outbox as outbox_sql
+from monitor.store.batch import Batcher
 from monitor.store.common import clean_targets
 from monitor.store.protocol import Pruned, Recorded
 from monitor.store.sqlite_schema import (
@@ -202,6 +203,7 @@ class SQLiteStore:
         #: Set when the file was found corrupted: every later call fails with this message.
         self._broken: str | None = None
         self._lifecycle = asyncio.Lock()
+        self._not_modified: Batcher[feeds_sql.NotModified] = Batcher(self._record_not_modified)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -222,9 +224,11 @@ class SQLiteStore:
 
     async def close(self) -> None:
         async with self._lifecycle:
-            executor, self._executor = self._executor, None
-            if executor is None:
+            if self._executor is None:
                 return
+            await self._not_modified.drain()  # writes submitted before close are kept
+            executor, self._executor = self._executor, None
+            assert executor is not None  # open and close both hold the lifecycle lock
             try:
                 # Queued behind every call already submitted, so those finish first.
                 await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
@@ -484,7 +488,15 @@ class SQLiteStore:
         next_poll_at: datetime,
         cache: CacheInfo | None = None,
     ) -> None:
-        await self._run(lambda c: feeds_sql.record_not_modified(c, feed, now, next_poll_at, cache))
+        # The 304s finishing at the same moment share one transaction (a warm cycle is
+        # thousands of them, and each commit is an fsync): see `batch.Batcher`.
+        await self._not_modified.submit((feed, now, next_poll_at, cache))
+
+    async def _record_not_modified(
+        self, polls: Sequence[feeds_sql.NotModified]
+    ) -> Sequence[StoreError | None]:
+        polls = tuple(polls)
+        return await self._run(lambda c: feeds_sql.record_not_modified(c, polls))
 
     async def record_failure(
         self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False

@@ -159,32 +159,57 @@ def feed_states(conn: sqlite3.Connection) -> list[FeedState]:
     return [_feed_state(row) for row in rows]
 
 
+#: One 304 to record: feed, now, next poll, new validators (None: keep the stored ones).
+NotModified = tuple[str, datetime, datetime, CacheInfo | None]
+
+
 def record_not_modified(
-    conn: sqlite3.Connection,
-    feed: str,
-    now: datetime,
-    next_poll_at: datetime,
-    cache: CacheInfo | None,
-) -> None:
-    now_text = dt_to_text(now)
-    # Without new validators the stored ones stay: CASE keeps it one statement.
-    cursor = conn.execute(
-        "UPDATE feeds SET next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
-        " last_error = '', consecutive_failures = 0, failing_since = NULL, lease_until = NULL,"
-        " etag = CASE WHEN :replace THEN :etag ELSE etag END,"
-        " last_modified = CASE WHEN :replace THEN :last_modified ELSE last_modified END"
-        " WHERE name = :feed",
-        {
+    conn: sqlite3.Connection, polls: Sequence[NotModified]
+) -> list[StoreError | None]:
+    """Record many 304s in one transaction (one durable commit for all of them).
+
+    For each poll, in order: None, or the StoreError for it alone (a feed never synced, text
+    that cannot be stored); those write nothing and do not stop the others.
+    """
+    outcomes: list[StoreError | None] = []
+    rows: list[tuple[int, dict[str, object]]] = []
+    for feed, now, next_poll_at, cache in polls:
+        etag = None if cache is None else cache.etag
+        last_modified = None if cache is None else cache.last_modified
+        try:  # checked before BEGIN: a lone surrogate would fail the whole transaction
+            for text in (feed, etag or "", last_modified or ""):
+                text.encode()
+        except UnicodeEncodeError as exc:
+            outcomes.append(StoreError(f"feed {feed!r}: validator is not valid Unicode: {exc}"))
+            continue
+        outcomes.append(None)
+        now_text = dt_to_text(now)
+        params = {
             "next": dt_to_text(next_poll_at),
             "now": now_text,
             "replace": cache is not None,
-            "etag": None if cache is None else cache.etag,
-            "last_modified": None if cache is None else cache.last_modified,
+            "etag": etag,
+            "last_modified": last_modified,
             "feed": feed,
-        },
-    )
-    if cursor.rowcount == 0:
-        _require_feed(conn, feed)
+        }
+        rows.append((len(outcomes) - 1, params))
+    with transaction(conn):
+        for index, params in rows:
+            # Without new validators the stored ones stay: CASE keeps it one statement.
+            cursor = conn.execute(
+                "UPDATE feeds SET next_poll_at = :next, last_polled_at = :now,"
+                " last_success_at = :now, last_error = '', consecutive_failures = 0,"
+                " failing_since = NULL, lease_until = NULL,"
+                " etag = CASE WHEN :replace THEN :etag ELSE etag END,"
+                " last_modified = CASE WHEN :replace THEN :last_modified ELSE last_modified END"
+                " WHERE name = :feed",
+                params,
+            )
+            if cursor.rowcount == 0:
+                outcomes[index] = StoreError(
+                    f"unknown feed {params['feed']!r}: sync_feeds never saw it"
+                )
+    return outcomes
 
 
 def record_failure(
