@@ -10,7 +10,8 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +23,9 @@ from monitor import __version__
 from monitor.commands import CommandContext
 from monitor.digest import Digester, cron_trigger
 from monitor.dispatch import Dispatcher, DispatchStats
-from monitor.errors import ChannelError, ConfigError, ConfigProblem
+from monitor.errors import ChannelError, ConfigError, ConfigProblem, StoreError
 from monitor.match.matcher import Matcher
+from monitor.metrics import Metrics
 from monitor.models import ChannelSpec, Config, Rule
 from monitor.notify.console import ConsoleNotifier
 from monitor.notify.email import EmailNotifier
@@ -46,6 +48,8 @@ USER_AGENT = f"monitor/{__version__} (news monitoring daemon; polite conditional
 TICK = 1.0
 #: Seconds polls and sends in flight get to finish at shutdown.
 GRACE = 5.0
+#: Seconds between repeats of a standing "cannot claim due feeds" error in the log.
+REPEAT_ERROR = 60.0
 
 
 def utcnow() -> datetime:
@@ -88,11 +92,20 @@ class Daemon:
     """Owns every long-lived resource; use as `async with Daemon(config) as daemon:`.
 
     A `store` given is already open and stays open (a reload runs a new Daemon on the store of
-    the old one); otherwise the Daemon opens the config's store and closes it.
+    the old one); otherwise the Daemon opens the config's store and closes it. `metrics` (the
+    process's, which outlive reloads) count what it does; by default it has its own.
     """
 
-    def __init__(self, config: Config, *, store: Store | None = None) -> None:
+    def __init__(
+        self, config: Config, *, store: Store | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
+        #: True while `run` has its jobs scheduled (not starting, not shutting down).
+        self.running = False
+        #: `time.monotonic()` when the last claim of due feeds ended (None before the first).
+        self.last_tick: float | None = None
+        self._tick_error_at = -REPEAT_ERROR
         self.tz = ZoneInfo(config.timezone)
         self._owns_store = store is None
         self.store = store or open_store(config.state)
@@ -144,6 +157,7 @@ class Daemon:
             rng=self._rng,
             targets={c.name: c.targets for c in self.config.channels if c.targets},
             admin=self.config.admin,
+            metrics=self.metrics,
         )
         feeds = {f.name: f for f in self.config.feeds}
         self.scheduler = PollScheduler(poller, feeds, policy.concurrency, utcnow, self._polled)
@@ -155,9 +169,17 @@ class Daemon:
             n: x.settings.digest.cron for n, x in digests.items() if x.settings.digest
         }
         instant = {n: x for n, x in notifiers.items() if n not in digests}
-        self.dispatcher = Dispatcher(self.store, instant, self.config.delivery, utcnow, self._rng)
+        self.dispatcher = Dispatcher(
+            self.store, instant, self.config.delivery, utcnow, self._rng, self.metrics
+        )
         self.digester = Digester(
-            self.store, digests, self.tz, self.config.delivery, utcnow, self.config.rules
+            self.store,
+            digests,
+            self.tz,
+            self.config.delivery,
+            utcnow,
+            self.config.rules,
+            metrics=self.metrics,
         )
         self._notifiers = notifiers
         return self
@@ -186,9 +208,10 @@ class Daemon:
 
     # --- one pass ------------------------------------------------------------------------------
 
-    async def once(self) -> OnceReport:
-        """Poll every feed now, send everything that is due, and return."""
-        polls = await self.scheduler.poll_all()
+    async def once(self, progress: Callable[[PollOutcome], None] | None = None) -> OnceReport:
+        """Poll every feed now, send everything that is due, and return. `progress` is called
+        with each poll's outcome as it ends (`PollScheduler.poll_all`)."""
+        polls = await self.scheduler.poll_all(progress)
         stats = await self.dispatcher.run_once()
         return OnceReport(polls, stats, await self.store.pending_count())
 
@@ -196,11 +219,12 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and dispatch on schedule until `stop` is set, then shut down cleanly."""
+        self.metrics.configure(self.config)
         jobs = AsyncIOScheduler(timezone=UTC)
         # Each job runs first at once, then on its interval; a run still going when the next
         # is due is skipped, never stacked.
         for job, every, name in (
-            (self.scheduler.tick, TICK, "claim-due-feeds"),
+            (self._tick, TICK, "claim-due-feeds"),
             (self._dispatch_job, TICK, "dispatch"),
             (self._prune, 3600.0, "prune"),
             (self._digest_retries, 60.0, "digest-retries"),
@@ -231,9 +255,11 @@ class Daemon:
             self.config.state,
         )
         await self._warn_orphans()
+        self.running = True
         try:
             await stop.wait()
         finally:
+            self.running = False
             log.info("shutting down")
             jobs.shutdown(wait=False)
             for task in listeners:
@@ -283,6 +309,23 @@ class Daemon:
                 name,
                 extra={"channel": name},
             )
+
+    async def _tick(self) -> None:
+        """Claim due feeds and start their polls; a store failure is counted (it fails the
+        readiness check) and logged once a minute while it lasts, not every second."""
+        try:
+            if await self.scheduler.tick():
+                self.metrics.store_ok()  # the claim wrote its leases
+        except StoreError as exc:
+            now = time.monotonic()
+            news = self.metrics.store_failed(str(exc))
+            if news or now - self._tick_error_at >= REPEAT_ERROR:
+                self._tick_error_at = now
+                log.error("cannot claim due feeds, nothing is polled: %s", exc)
+        except Exception:
+            log.exception("claiming due feeds failed")
+        finally:
+            self.last_tick = time.monotonic()
 
     def _polled(self, outcome: PollOutcome) -> None:
         if outcome.alerts:

@@ -23,8 +23,10 @@ digest was missed while the daemon was down. It moves only at the end of a sched
 
 Every run of one channel (scheduled, catch-up, retry, recover) holds that channel's lock from
 reading the stored time to writing it, shared by every `Digester` of the process on one store
-(a config reload runs a new one beside the old). Runs are tasks of the Digester's own, so a
-caller cancelled at shutdown does not cut a digest short; `drain` waits for them.
+(a config reload runs a new one beside the old), and the store's `digest_lock` for that
+channel, so several workers on one PostgreSQL store send each period once. Runs are tasks
+of the Digester's own, so a caller cancelled at shutdown does not cut a digest short; `drain`
+waits for them.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from monitor.dispatch import retry_delay
 from monitor.errors import ChannelError, DeliveryError
+from monitor.metrics import Metrics
 from monitor.models import ChannelSpec, Delivery, DeliveryPolicy, EmailSettings, Rule
 from monitor.notify.email_render import (
     EmailTemplates,
@@ -253,8 +256,10 @@ class Digester:
         clock: Callable[[], datetime],
         rules: Sequence[Rule] = (),
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics(process=False)
         self._notifiers = {n: x for n, x in notifiers.items() if x.settings.digest is not None}
         self._tz = tz
         self._policy = policy
@@ -345,7 +350,8 @@ class Digester:
         """Release the claims left on the digest channels' deliveries by a digest that never
         finished (a process that crashed or was stopped mid-digest), so the next digest takes
         them at once; returns how many. Only at start: holding the state file (its instance
-        lock) and each channel's lock, no live digest can hold them. `catch_up` does it first.
+        lock) or, with several workers, the channel's `digest_lock`, and each channel's lock,
+        no live digest can hold them. `catch_up` does it first.
         """
         if self._stopping:
             return 0
@@ -354,7 +360,7 @@ class Digester:
     async def _recover_all(self) -> int:
         released = 0
         for channel in self._notifiers:
-            async with self._lock(channel):
+            async with self._lock(channel), self._store.digest_lock(channel):
                 released += await self._recover(channel)
         return released
 
@@ -380,7 +386,7 @@ class Digester:
     async def _catch_up(self, now: datetime) -> list[DigestReport]:
         reports: list[DigestReport] = []
         for channel in self._notifiers:
-            async with self._lock(channel):
+            async with self._lock(channel), self._store.digest_lock(channel):
                 await self._recover(channel)
                 last = await self._store.last_digest(channel)
                 if last is None:
@@ -439,7 +445,7 @@ class Digester:
         return await self._own(self._run(channel, now, scheduled))
 
     async def _run(self, channel: str, now: datetime, scheduled: datetime | None) -> DigestReport:
-        async with self._lock(channel):
+        async with self._lock(channel), self._store.digest_lock(channel):
             return await self._digest(channel, now, scheduled)
 
     async def _digest(
@@ -495,7 +501,7 @@ class Digester:
     async def _retry_all(self, now: datetime) -> list[DigestReport]:
         reports: list[DigestReport] = []
         for channel in self._notifiers:
-            async with self._lock(channel):
+            async with self._lock(channel), self._store.digest_lock(channel):
                 report = await self._retry_channel(channel, now)
             if report is not None:
                 reports.append(report)
@@ -595,17 +601,25 @@ class Digester:
             message_id = self._message_id(notifier, rows, target, job.until)
             await notifier.send_email(target, rendered, message_id)
         except ChannelError as exc:
+            self._metrics.attempted(channel, "held")
             log.error("digest of %d alerts held, channel broken: %s", len(rows), exc, extra=where)
             await self._store.release_deliveries(ids)
             return RecipientReport(target, len(rows), "held", str(exc))
         except DeliveryError as exc:
             if exc.permanent:  # TargetError included: this recipient refuses it
+                self._metrics.attempted(channel, "failed")
                 return await self._fail(channel, rows, target, str(exc))
+            self._metrics.attempted(channel, "throttled" if exc.retry_after else "retry")
             return await self._retry(channel, job, str(exc), exc.retry_after)
         except Exception as exc:  # a template or notifier bug must not lose the alerts
+            self._metrics.attempted(channel, "retry")
             log.exception("digest crashed", extra=where)
             return await self._retry(channel, job, f"internal error: {type(exc).__name__}: {exc}")
-        await self._store.mark_sent_many(ids, self._clock())
+        self._metrics.attempted(channel, "sent")
+        sent_at = self._clock()
+        await self._store.mark_sent_many(ids, sent_at)
+        self._metrics.delivered(channel, [d.alert for d in rows], sent_at)
+        self._metrics.store_ok()
         self._empty.pop((channel, target), None)
         log.info("digest of %d alerts sent", len(rows), extra=where)
         return RecipientReport(target, len(rows), "sent")
@@ -662,6 +676,7 @@ class Digester:
         now = self._clock()
         for delivery in rows:
             await self._store.mark_failed(delivery.id, error, now=now)
+        self._metrics.failed(channel, len(rows))
         self._empty.pop((channel, target), None)
         log.error("digest failed for good: %s", error, extra={"channel": channel, "target": target})
         return RecipientReport(target, len(rows), "failed", error)
@@ -682,6 +697,7 @@ class Digester:
         for delivery in spent:
             gave_up = f"gave up after {delivery.attempts + 1} attempts: {error}"
             await self._store.mark_failed(delivery.id, gave_up, now=now)
+        self._metrics.failed(channel, len(spent))
         if spent:
             log.error(
                 "%d alerts of the digest failed for good, their attempts ran out: %s",
@@ -698,6 +714,7 @@ class Digester:
         retry_at = now + self._delay(attempts, retry_after)
         for delivery in kept:
             await self._store.mark_retry(delivery.id, error, now=now, retry_at=retry_at)
+        self._metrics.retried(channel, len(kept))
         log.warning(
             "digest failed, will retry at %s: %s",
             retry_at.isoformat(timespec="seconds"),

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from monitor.errors import ChannelError, DeliveryError, TargetError
+from monitor.errors import ChannelError, DeliveryError, StoreError, TargetError
+from monitor.metrics import Metrics
 from monitor.models import Delivery, DeliveryPolicy
 from monitor.notify.protocol import GroupingNotifier, Notifier
 from monitor.store.protocol import Store
@@ -68,8 +69,10 @@ class Dispatcher:
         policy: DeliveryPolicy,
         clock: Callable[[], datetime],
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics(process=False)
         self._notifiers = dict(notifiers)
         self._policy = policy
         self._clock = clock
@@ -100,7 +103,12 @@ class Dispatcher:
     async def _drain(self, channel: str, stats: DispatchStats) -> None:
         try:
             await self._drain_channel(channel, stats)
-        except Exception:  # the store failed: stop this channel's pass; the next one retries
+        except StoreError as exc:  # stop this channel's pass; the next one retries
+            if self._metrics.store_failed(str(exc)):
+                log.error("dispatch stopped: %s", exc, extra={"channel": channel})
+            else:  # the same trouble every second: said once, then quietly
+                log.debug("dispatch stopped: %s", exc, extra={"channel": channel})
+        except Exception:  # a bug: stop this channel's pass; the next one retries
             log.exception("dispatch stopped for this pass", extra={"channel": channel})
 
     async def _drain_channel(self, channel: str, stats: DispatchStats) -> None:
@@ -173,6 +181,7 @@ class Dispatcher:
         except ChannelError as exc:
             # The channel, not this alert, is broken: keep the deliveries pending so they go
             # out once the channel is fixed (config change and restart).
+            self._metrics.attempted(channel, "held")
             self.paused[channel] = str(exc)
             log.error("channel paused until its config changes: %s", exc, extra=where)
             await self._store.release_deliveries([d.id for d in rows])
@@ -180,12 +189,15 @@ class Dispatcher:
         except TargetError as exc:
             # The destination refused: the first alert fails with the reason, the others
             # stay pending for when it is fixed (the paused target is not claimed).
+            self._metrics.attempted(channel, "failed")
             self.blocked[channel, target] = str(exc)
             log.error("destination paused until the config changes: %s", exc, extra=where)
             await self._fail(first, str(exc), stats)
             await self._store.release_deliveries([d.id for d in rows[1:]])
             return len(rows)
         except DeliveryError as exc:
+            result = "failed" if exc.permanent else "retry"
+            self._metrics.attempted(channel, "throttled" if exc.retry_after else result)
             if exc.permanent and len(rows) > 1:
                 # The grouped message itself was refused, not these alerts: send them one by
                 # one from now on for this destination.
@@ -200,14 +212,18 @@ class Dispatcher:
                     await self._retry(delivery, str(exc), exc.retry_after, stats)
             return len(rows)
         except Exception as exc:  # a notifier bug must not lose the alert
+            self._metrics.attempted(channel, "retry")
             log.exception("notifier crashed", extra=where)
             error = f"internal error: {type(exc).__name__}: {exc}"
             for delivery in rows:
                 await self._retry(delivery, error, None, stats)
             return len(rows)
+        self._metrics.attempted(channel, "sent")
         now = self._clock()
         for delivery in rows[:done]:
             await self._store.mark_sent(delivery.id, now)
+            self._metrics.delivered(channel, [delivery.alert], now)
+        self._metrics.store_ok()
         stats.sent += done
         stats.by_channel[channel] = stats.by_channel.get(channel, 0) + done
         if done > 1:
@@ -228,6 +244,7 @@ class Dispatcher:
             await self._store.mark_retry(
                 delivery.id, error, now=now, retry_at=retry_at, attempt=False
             )
+            self._metrics.retried(delivery.channel)
             stats.retried += 1
             log.warning("channel asked to wait %gs: %s", retry_after, error, extra=where)
             return
@@ -237,6 +254,7 @@ class Dispatcher:
             return
         retry_at = now + retry_delay(attempts, self._policy, self._rng)
         await self._store.mark_retry(delivery.id, error, now=now, retry_at=retry_at)
+        self._metrics.retried(delivery.channel)
         stats.retried += 1
         log.warning(
             "delivery failed, will retry at %s: %s",
@@ -247,6 +265,7 @@ class Dispatcher:
 
     async def _fail(self, delivery: Delivery, error: str, stats: DispatchStats) -> None:
         await self._store.mark_failed(delivery.id, error, now=self._clock())
+        self._metrics.failed(delivery.channel)
         stats.failed += 1
         log.error(
             "delivery failed for good: %s",

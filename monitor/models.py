@@ -489,6 +489,16 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The HTTP endpoint: /healthz, /readyz, /metrics, /status (`http:` in the config)."""
+
+    #: Address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 or :: for every one.
+    host: str = "127.0.0.1"
+    #: TCP port; 0 picks a free one (the daemon logs which).
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole validated configuration."""
 
@@ -506,5 +516,7 @@ class Config:
     retention: Retention = Retention()
     #: Feed-health notices; None when not configured.
     admin: AdminSettings | None = None
+    #: The HTTP endpoint; None (the default) serves none.
+    http: HttpSettings | None = None
     #: Values substituted from the environment (`${NAME}`): never to be printed.
     secrets: frozenset[str] = frozenset()

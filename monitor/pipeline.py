@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from monitor.decide import alerts_for, eligible
-from monitor.errors import FetchError, ParseError, StoreError
+from monitor.errors import FetchError, HTTPStatusError, ParseError, StoreError
 from monitor.health import Notice, assess, churn, churning, extra_failures, is_dead, notice_alert
 from monitor.match.matcher import Matcher
-from monitor.models import AdminSettings, FeedSpec, FeedState, Item, PollPolicy
+from monitor.metrics import Metrics
+from monitor.models import AdminSettings, Alert, FeedSpec, FeedState, Item, Match, PollPolicy
 from monitor.schedule import next_poll_after_failure, next_poll_after_success, poll_hint
 from monitor.sources.identity import fingerprint
 from monitor.sources.protocol import Fetcher
@@ -38,6 +40,17 @@ class PollOutcome:
     new_items: int = 0
     alerts: int = 0
     error: str = ""
+    #: What the poll came to, finer than `status` (one of `metrics.POLL_OUTCOMES`).
+    outcome: str = ""
+    #: The final HTTP status of the fetch, when the server answered.
+    http_status: int | None = None
+
+
+@dataclass
+class _Trace:
+    """What a poll in progress has learned, kept when it fails part way."""
+
+    http_status: int | None = None
 
 
 @dataclass
@@ -55,6 +68,8 @@ class Poller:
     targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Where feed-health notices go; None: nowhere (feeds still die and recover).
     admin: AdminSettings | None = None
+    #: Where polls are counted (the daemon's; a private one by default).
+    metrics: Metrics = field(default_factory=lambda: Metrics(process=False))
 
     async def poll(self, feed: FeedSpec, state: FeedState) -> PollOutcome:
         """Poll `feed` once and record the outcome; never raises (but CancelledError).
@@ -63,18 +78,36 @@ class Poller:
         else (a store failure, a bug) is logged with its traceback and recorded the same way
         when the store still answers, so one feed's trouble never stops the others.
         """
+        started = time.monotonic()
+        trace = _Trace()
+        outcome = await self._outcome(feed, state, trace)
+        outcome = replace(outcome, http_status=trace.http_status)
+        self.metrics.polled(
+            feed.name,
+            outcome.outcome,
+            time.monotonic() - started,
+            status=trace.http_status,
+            new_items=outcome.new_items,
+        )
+        return outcome
+
+    async def _outcome(self, feed: FeedSpec, state: FeedState, trace: _Trace) -> PollOutcome:
         churned: Notice | None = None
         try:
-            outcome, churned = await self._poll(feed, state)
+            outcome, churned = await self._poll(feed, state, trace)
         except (FetchError, ParseError) as exc:
-            outcome = await self._recorded_failure(feed, state, str(exc), exc)
+            if isinstance(exc, HTTPStatusError):
+                trace.http_status = exc.status
+            kind = _failure_kind(exc)
+            outcome = await self._recorded_failure(feed, state, str(exc), exc, kind)
         except StoreError as exc:  # already says what is wrong with the state file
             log.error("poll not recorded: %s", exc, extra={"feed": feed.name})
-            return PollOutcome(feed.name, "error", error=str(exc))
+            self.metrics.store_failed(str(exc))
+            return PollOutcome(feed.name, "error", error=str(exc), outcome="store_error")
         except Exception as exc:
             log.exception("poll crashed", extra={"feed": feed.name})
             outcome = await self._recorded_failure(
-                feed, state, f"internal error: {type(exc).__name__}: {exc}", None
+                feed, state, f"internal error: {type(exc).__name__}: {exc}", None, "internal_error"
             )
         if self.admin is not None:
             await self._health(feed, self.admin, churned)
@@ -97,22 +130,32 @@ class Poller:
     async def _notify(self, feed: FeedSpec, notice: Notice, admin: AdminSettings) -> None:
         now = self.clock()
         alert = notice_alert(notice, feed, now, admin.channel) if notice.title else None
-        await self.store.record_notice(feed.name, notice.kind, alert, now=now, targets=self.targets)
+        written = await self.store.record_notice(
+            feed.name, notice.kind, alert, now=now, targets=self.targets
+        )
+        self.metrics.queued(admin.channel, written)
         if alert is not None:
             log.warning("feed health: %s", notice.title, extra={"feed": feed.name})
 
     async def _recorded_failure(
-        self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None
+        self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None, kind: str
     ) -> PollOutcome:
         try:
-            return await self._failed(feed, state, error, exc)
-        except Exception:  # the store itself is failing: nothing more can be recorded now
+            outcome = await self._failed(feed, state, error, exc)
+        except Exception as failure:  # the store itself is failing: nothing more is recorded
             log.exception("could not record the poll failure", extra={"feed": feed.name})
-            return PollOutcome(feed.name, "error", error=error)
+            if isinstance(failure, StoreError):
+                self.metrics.store_failed(str(failure))
+            return PollOutcome(feed.name, "error", error=error, outcome=kind)
+        self.metrics.store_ok()
+        return replace(outcome, outcome=kind)
 
-    async def _poll(self, feed: FeedSpec, state: FeedState) -> tuple[PollOutcome, Notice | None]:
+    async def _poll(
+        self, feed: FeedSpec, state: FeedState, trace: _Trace
+    ) -> tuple[PollOutcome, Notice | None]:
         """The poll's outcome, and the churn notice it calls for (sent by `_health`)."""
         fetched = await self.fetcher.fetch(feed, state.cache)
+        trace.http_status = fetched.status
         if fetched.not_modified:
             now = self.clock()
             next_at = next_poll_after_success(
@@ -126,8 +169,9 @@ class Poller:
             await self.store.record_not_modified(
                 feed.name, now=now, next_poll_at=next_at, cache=fetched.cache
             )
+            self.metrics.store_ok()
             log.debug("not modified", extra={"feed": feed.name})
-            return PollOutcome(feed.name, "not_modified"), None
+            return PollOutcome(feed.name, "not_modified", outcome="not_modified"), None
 
         parsed = await self.parser.parse(
             fetched.body,
@@ -178,6 +222,8 @@ class Poller:
             targets=self.targets,
             ttl=parsed.ttl,
         )
+        self.metrics.store_ok()
+        self._count(recorded.new_items, matches, alerts)
         churned = churn(state, len(alike), len(parsed.items)) if self.admin else None
         if warning and warning != state.last_warning:
             log.warning("feed parsed with a problem: %s", warning, extra={"feed": feed.name})
@@ -189,8 +235,28 @@ class Poller:
             "" if state.seeded else " (first fetch)",
             extra={"feed": feed.name},
         )
-        outcome = PollOutcome(feed.name, "ok", len(recorded.new_items), recorded.alerts)
+        outcome = PollOutcome(
+            feed.name, "ok", len(recorded.new_items), recorded.alerts, outcome="ok"
+        )
         return outcome, churned
+
+    def _count(
+        self,
+        new: Sequence[Item],
+        matches: Mapping[str, Sequence[Match]],
+        alerts: Sequence[Alert],
+    ) -> None:
+        """Rule matches and queued deliveries of what the store actually took as new (an item
+        another worker stored first is not counted twice)."""
+        stored = {item.key for item in new}
+        for key, found in matches.items():
+            if key in stored:
+                self.metrics.matched(dict.fromkeys(m.rule for m in found))
+        for alert in alerts:
+            if alert.item_key in stored:
+                for channel in alert.channels:
+                    destinations = len(dict.fromkeys(self.targets.get(channel, ())))
+                    self.metrics.queued(channel, max(destinations, 1))
 
     async def _failed(
         self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None
@@ -219,6 +285,12 @@ class Poller:
                 extra={"feed": feed.name},
             )
         return PollOutcome(feed.name, "error", error=error)
+
+
+def _failure_kind(exc: FetchError | ParseError) -> str:
+    if isinstance(exc, HTTPStatusError):
+        return "http_error"
+    return "fetch_error" if isinstance(exc, FetchError) else "parse_error"
 
 
 def _told_apart_by_id_only(listed: Sequence[Item], new: Sequence[Item]) -> list[Item]:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -23,8 +24,10 @@ from monitor.config import load_config
 from monitor.daemon import Daemon
 from monitor.errors import ConfigError, StoreError
 from monitor.logs import register_secret
-from monitor.models import Config
+from monitor.metrics import Metrics
+from monitor.models import Config, HttpSettings
 from monitor.store import Store, open_store
+from monitor.web import Site, WebServer
 
 log = logging.getLogger("monitor.reload")
 
@@ -50,12 +53,30 @@ def _stamp(path: str) -> _Stamp | None:
 
 
 class Supervisor:
-    """Runs the daemon until `stop` is set, swapping in a new config on `request_reload()`."""
+    """Runs the daemon until `stop` is set, swapping in a new config on `request_reload()`.
 
-    def __init__(self, config: Config, stop: asyncio.Event, *, watch: bool = False) -> None:
+    The process's metrics and its HTTP endpoint (the config's `http`, or `http` given here,
+    which `--http` sets) belong to the Supervisor: they outlive reloads and always report on
+    the daemon running now. A change of `http` in a reloaded file applies at the next start.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        stop: asyncio.Event,
+        *,
+        watch: bool = False,
+        http: HttpSettings | None = None,
+    ) -> None:
         self.config = config
         self._stop = stop
         self._watch = watch
+        self._http = http or config.http
+        self._http_origin = "--http" if http is not None else "http"
+        self.metrics = Metrics()
+        self.site = Site(self.metrics)
+        #: The HTTP server while `run` runs with one (`web.port` is the port it bound).
+        self.web: WebServer | None = None
         self._reload = asyncio.Event()
         # The file as it was when (about when) `config` was read from it: a change made while
         # the first daemon starts is a change too.
@@ -80,19 +101,24 @@ class Supervisor:
         ConfigError from the first start (e.g. a rejected bot token) propagates: `monitor run`
         exits 2. The store is opened once and outlives every reload.
         """
-        async with open_store(self.config.state) as store:
+        async with AsyncExitStack() as stack:
+            if self._http is not None:  # first: a port in use stops the start at once
+                web = WebServer(self._http, self.site, origin=self._http_origin)
+                self.web = await stack.enter_async_context(web)
+            store = await stack.enter_async_context(open_store(self.config.state))
             daemon: Daemon | None = await self._start(self.config, store)
             watcher = asyncio.create_task(self._watch_file()) if self._watch else None
             try:
                 while daemon is not None:
                     daemon = await self._generation(daemon, store)
             finally:
+                self.site.daemon = None
                 if watcher is not None:
                     watcher.cancel()
                     await asyncio.gather(watcher, return_exceptions=True)
 
     async def _start(self, config: Config, store: Store) -> Daemon:
-        daemon = Daemon(config, store=store)
+        daemon = Daemon(config, store=store, metrics=self.metrics)
         await daemon.__aenter__()
         return daemon
 
@@ -101,6 +127,7 @@ class Supervisor:
         started daemon). Either way `daemon` is stopped and closed before this returns."""
         wake = asyncio.Event()
         running = asyncio.create_task(daemon.run(wake))
+        self.site.daemon = daemon
         successor: Daemon | None = None
         try:
             while successor is None:
@@ -110,6 +137,8 @@ class Supervisor:
                 self._reload.clear()
                 successor = await self._prepare(store)
         finally:
+            # Handing over to a successor is no outage for /readyz; stopping is.
+            self.site.reloading = successor is not None and not self._stop.is_set()
             wake.set()
             await asyncio.wait([running])
             await daemon.__aexit__(None, None, None)
@@ -127,6 +156,8 @@ class Supervisor:
         if successor is not None:
             self.config = successor.config
             self.reloads += 1
+            self.site.reloads = self.reloads
+            self.metrics.reloads.labels("applied").inc()
             log.info(
                 "config reloaded: %d feeds, %d rules, %d channels",
                 len(successor.config.feeds),
@@ -191,6 +222,8 @@ class Supervisor:
             return None
         for secret in config.secrets:
             register_secret(secret)
+        if config.http != self.config.http:
+            log.warning("http: a changed endpoint address applies at the next start")
         try:
             return await self._start(config, store)
         except ConfigError as exc:
@@ -203,6 +236,8 @@ class Supervisor:
 
     def _refuse(self, why: str) -> None:
         self.refused += 1
+        self.site.refused = self.refused
+        self.metrics.reloads.labels("refused").inc()
         log.error("reload refused: %s", why)
 
     async def _watch_file(self) -> None:

@@ -27,6 +27,7 @@ from monitor.models import (
     FeedSpec,
     FetchLimits,
     FirstFetch,
+    HttpSettings,
     PollPolicy,
     Retention,
     Rule,
@@ -78,6 +79,7 @@ def build(data: dict[str, object], report: Reporter, file: Path) -> Config:
         delivery=DeliveryPolicy(d.retry_base, d.retry_cap, d.max_attempts),
         retention=Retention(r.seen, r.text, r.deliveries),
         admin=_admin(top.admin, channels, report),
+        http=HttpSettings(top.http.host, top.http.port) if top.http else None,
     )
 
 
@@ -106,8 +108,9 @@ def _state(raw: str | None, base: Path, report: Reporter) -> str:
     if name == "sqlite" and not text.startswith("sqlite://") and text[7:]:
         return "sqlite://" + os.path.normpath(base / text[7:])
     if name in ("postgresql", "postgres"):
-        report.add(("state",), "PostgreSQL state is not available yet; use sqlite")
-    elif name:
+        # Checked when the store opens (StoreError): several workers share one database.
+        return text
+    if name:
         # Only the scheme is shown: a DSN may carry a password.
         msg = f"unsupported state '{name}:...': use a file path, sqlite:///abs/path.db or memory:"
         report.add(("state",), msg)

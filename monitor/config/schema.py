@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import UTC, timedelta
@@ -29,14 +30,18 @@ from monitor.models import (
     AdminSettings,
     DeliveryPolicy,
     FetchLimits,
+    HttpSettings,
     PollPolicy,
     Retention,
 )
 
 _POLL, _DELIVERY, _RETENTION, _LIMITS = PollPolicy(), DeliveryPolicy(), Retention(), FetchLimits()
 _ADMIN = AdminSettings(channel="")
+_HTTP = HttpSettings()
 _HOUR_FLOOR = timedelta(hours=1)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -101,6 +106,23 @@ def _header(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("must not contain line breaks or control characters")
     return value
+
+
+def listen_host(value: str) -> str:
+    """An address to listen on: an IP address (IPv6 with or without brackets) or a host name;
+    "" is refused (it would mean every interface, which must be asked for as 0.0.0.0 or ::)."""
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError("empty address: use 127.0.0.1 (this machine only) or 0.0.0.0 (all)")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"not an IP address or host name: {value!r}")
+    return host
 
 
 def _field(value: str) -> str:
@@ -190,6 +212,14 @@ class Admin(Strict):
     silent_min: Annotated[Duration, at_least(timedelta(hours=1))] = _ADMIN.silent_min
 
 
+class Http(Strict):
+    """The HTTP endpoint (/healthz, /readyz, /metrics, /status); absent: none."""
+
+    host: Annotated[str, AfterValidator(listen_host)] = _HTTP.host
+    #: 0 picks a free port (logged at start).
+    port: int = Field(default=_HTTP.port, ge=0, le=65535)
+
+
 class Delivery(Strict):
     retry_base: Duration = _DELIVERY.retry_base
     retry_cap: Duration = _DELIVERY.retry_cap
@@ -218,6 +248,7 @@ class Top(Strict):
     delivery: Delivery = Delivery()
     retention: Retain = Retain()
     admin: Admin | None = None
+    http: Http | None = None
     feeds: list[Any] = []
     channels: dict[str, Any] = {}
     rules: list[Any] = []

@@ -14,7 +14,7 @@ from monitor.errors import StoreError
 from monitor.models import Alert, Delivery, DeliveryStatus, Retention
 from monitor.store.codec import dt_to_text, json_to_matches, opt_text_to_dt, text_to_dt
 from monitor.store.common import LAST_SEEN_REFRESH, cutoff
-from monitor.store.protocol import Pruned
+from monitor.store.protocol import OutboxStat, Pruned
 from monitor.store.sqlite_feeds import marks
 from monitor.store.sqlite_schema import transaction
 
@@ -171,6 +171,29 @@ def pending_by_target(conn: sqlite3.Connection, channel: str) -> dict[str, int]:
         ).fetchall()
     )
     return counts
+
+
+def outbox_stats(conn: sqlite3.Connection) -> list[OutboxStat]:
+    """One pass over the (channel, status, created_at) index: no table row is read."""
+    counts: dict[str, dict[str, int]] = {}
+    oldest: dict[str, datetime] = {}
+    rows = conn.execute(
+        "SELECT channel, status, count(*), min(created_at) FROM deliveries GROUP BY channel, status"
+    )
+    for channel, status, count, first in rows:
+        counts.setdefault(channel, {})[status] = count
+        if status == DeliveryStatus.PENDING.value:
+            oldest[channel] = text_to_dt(first)
+    return [
+        OutboxStat(
+            channel,
+            by_status.get(DeliveryStatus.PENDING.value, 0),
+            by_status.get(DeliveryStatus.SENT.value, 0),
+            by_status.get(DeliveryStatus.FAILED.value, 0),
+            oldest.get(channel),
+        )
+        for channel, by_status in sorted(counts.items())
+    ]
 
 
 def deliveries(

@@ -340,8 +340,8 @@ def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
 
 
 def test_unknown_key_without_close_match(tmp_path: Path) -> None:
-    path = write(tmp_path, "feeds: []\nhttp: {port: 8080}\n")
-    assert only_problem(path) == f"{path}:2: http: unknown key 'http'"
+    path = write(tmp_path, "feeds: []\nwebhook: {port: 8080}\n")
+    assert only_problem(path) == f"{path}:2: webhook: unknown key 'webhook'"
 
 
 def test_misspelt_required_key_is_reported_once(tmp_path: Path) -> None:
@@ -546,8 +546,6 @@ def test_invalid_timezone(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("state", "message"),
     [
-        ("postgresql://user:pw@db/monitor", "PostgreSQL state is not available yet; use sqlite"),
-        ("postgres://user:pw@db/monitor", "PostgreSQL state is not available yet; use sqlite"),
         (
             "mysql://user:pw@db/monitor",
             "unsupported state 'mysql:...': use a file path, sqlite:///abs/path.db or memory:",
@@ -563,6 +561,13 @@ def test_unusable_state(tmp_path: Path, state: str, message: str) -> None:
     found = only_problem(path)
     assert found == f"{path}:1: state: {message}"
     assert "pw" not in found
+
+
+@pytest.mark.parametrize("state", ["postgresql://user:pw@db/monitor", "postgres://db/m?schema=x"])
+def test_postgresql_state_is_kept_for_the_store_to_open(tmp_path: Path, state: str) -> None:
+    # Several workers share one database; the URL is checked when the store connects.
+    path = write(tmp_path, f"state: '{state}'\n")
+    assert load_config(path).state == state
 
 
 def test_retry_base_must_not_exceed_cap(tmp_path: Path) -> None:
