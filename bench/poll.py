@@ -23,6 +23,11 @@ Machines here are noisy (2 cores, shared): read the ratios, not the seconds.
     python bench/poll.py [--feeds 10000] [--cold 1000] [--repeat 2] [--quick] [--mode run]
                          [--cases cold warm mixed memory] [-v] [--profile DIR]
                          [--port 47801 --snapshot primed.db]
+    python bench/poll.py --state postgresql://user@host/db [--workers 1,2,3] [--feeds 10000]
+
+--state times warm cycles (every feed answering 304) with 1, 2, 3... `monitor run` workers
+sharing one PostgreSQL state (schema `bench_poll` unless the URL names one; dropped and primed
+first), and prints each worker count's cycle time and speedup over one worker.
 
 --snapshot keeps the primed 10,000-feed state file and reuses it on later runs (priming takes
 minutes); it needs a fixed --port, since the feed URLs are in the file. -v prints every
@@ -123,9 +128,11 @@ RULES = [
 ] + [f"{{name: watch{n}, any: [watchword{n}]}}" for n in range(45)]
 
 
-def write_config(folder: Path, name: str, server: Server, feeds: int, concurrency: int) -> Path:
+def write_config(
+    folder: Path, name: str, server: Server, feeds: int, concurrency: int, state: str = ""
+) -> Path:
     lines = [
-        f"state: {name}.db",
+        f"state: '{state}'" if state else f"state: {name}.db",
         "defaults: {interval: 1h, first_fetch: {backfill: 50}}",
         f"poll: {{concurrency: {concurrency}, per_host: {concurrency}, host_interval: 0}}",
         f"channels: {{out: {{type: jsonl, path: {name}-alerts.jsonl}}}}",
@@ -413,6 +420,121 @@ def bench(args: argparse.Namespace, folder: Path) -> dict[str, Row]:
     return rows
 
 
+# --- scale-out: several workers on one PostgreSQL state ---------------------------------------
+
+
+def with_schema(state: str, schema: str) -> str:
+    """`state` with `?schema=` set, unless it names one already."""
+    if "schema=" in state:
+        return state
+    return state + ("&" if "?" in state else "?") + f"schema={schema}"
+
+
+def pg_execute(state: str, query: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    sys.path.insert(0, str(BENCH.parent))
+    from monitor.store.postgres import split_state
+
+    dsn, schema = split_state(state)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if schema:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            conn.execute(f'SET search_path TO "{schema}"')
+        cursor = conn.execute(query)
+        return cursor.fetchall() if cursor.description else []
+
+
+def warm_cycle(config: Path, state: str, feeds: int, workers: int) -> tuple[float, list[Any]]:
+    """One warm cycle over every feed by `workers` worker processes at once: each opens its
+    daemon (untimed), then all start together; timed until every feed was polled, as the
+    state shows it."""
+    log = str(config.with_suffix(".log"))
+    command = [sys.executable, str(BENCH / "poll_daemon.py"), str(config), "--shared", "--log", log]
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                raise RuntimeError(f"a worker did not start: {line!r}")
+        pg_execute(state, "UPDATE feeds SET next_poll_at = '2000-01-01Z', lease_until = NULL")
+        start = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("GO\n")
+            proc.stdin.flush()
+        polled = "SELECT count(*) FROM feeds WHERE next_poll_at > '2000-01-02Z'"
+        while pg_execute(state, polled)[0][0] < feeds:
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        reports = []
+        for proc in procs:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write("STOP\n")
+            proc.stdin.close()
+            reports.append(json.loads(proc.stdout.read().strip().splitlines()[-1]))
+            proc.wait(60)
+        return seconds, reports
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def scale(args: argparse.Namespace, folder: Path) -> list[tuple[int, list[float], str]]:
+    """Warm cycles over `--feeds` feeds with each worker count of `--workers`."""
+    state = with_schema(args.state, "bench_poll")
+    server = Server(args.feeds, args.port)
+    rows: list[tuple[int, list[float], str]] = []
+    try:
+        schema = state.split("schema=", 1)[1].split("&", 1)[0]
+        pg_execute(args.state.split("?", 1)[0], f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        config = write_config(folder, "scale", server, args.feeds, args.concurrency, state)
+        server.control(f"render?stop={args.feeds}")
+        say(f"priming {args.feeds} feeds in {schema} (a cold pass by one worker, untimed)...")
+        primed = run_daemon(config, args.feeds, "run", None, "prime")
+        check("prime", primed, ok=args.feeds, not_modified=0, new=args.feeds * 50)
+        say(f"  cold pass: {primed.seconds:.1f} s")
+        for workers in args.workers:
+            runs, notes = [], ""
+            for r in range(args.repeat):
+                seconds, reports = warm_cycle(config, state, args.feeds, workers)
+                polls = [sum(rep["outcomes"].values()) for rep in reports]
+                if sum(polls) != args.feeds:
+                    raise RuntimeError(f"{workers} workers polled {polls}, not {args.feeds}")
+                runs.append(seconds)
+                cpu = " ".join(f"{rep['cpu']:.1f}" for rep in reports)
+                notes = notes or f"polls per worker {polls}; cpu s per worker {cpu}"
+                say(f"warm, {workers} workers, #{r}: {seconds:.2f} s ({notes})")
+            rows.append((workers, runs, notes))
+    finally:
+        server.close()
+    return rows
+
+
+def scale_table(rows: list[tuple[int, list[float], str]], args: argparse.Namespace) -> str:
+    out = [f"{'workers':<10}{'warm cycle':>12}{'speedup':>10}  runs", "-" * 60]
+    base = statistics.median(rows[0][1]) if rows and rows[0][0] == 1 else None
+    for workers, runs, notes in rows:
+        median = statistics.median(runs)
+        speedup = f"{base / median:.2f}x" if base else "-"
+        out.append(
+            f"{workers:<10}{median:>11.2f}s{speedup:>10}  {' '.join(f'{r:.2f}' for r in runs)}"
+        )
+        out.append(f"    {notes}")
+    out.append(
+        f"{args.feeds} feeds answering 304, PostgreSQL state; poll.concurrency={args.concurrency}"
+        " per worker; goal: 2 workers >= 1.6x"
+    )
+    return "\n".join(out)
+
+
 def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
     sizes = {
         "cold": f"cold {args.cold}",
@@ -481,6 +603,16 @@ def main() -> None:
     parser.add_argument(
         "--cases", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="cases to run"
     )
+    parser.add_argument(
+        "--state",
+        help="PostgreSQL state URL: time warm cycles with several workers (see --workers)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2, 3],
+        help="worker counts for --state, e.g. 1,2,3",
+    )
     args = parser.parse_args()
     if args.quick:
         args.feeds, args.cold, args.seen = 500, 100, 50_000
@@ -489,6 +621,14 @@ def main() -> None:
     if args.snapshot and not args.port:
         parser.error("--snapshot needs a fixed --port (the feed URLs are in the state file)")
     folder = Path(tempfile.mkdtemp(prefix="poll-bench-"))
+    if args.state:
+        try:
+            scaled = scale(args, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"scale-out benchmark, {os.cpu_count()} cores; median of {args.repeat} run(s)")
+        print(scale_table(scaled, args))
+        return
     try:
         rows = bench(args, folder)
     finally:

@@ -1,6 +1,7 @@
 """The daemon side of the poll benchmark, in its own process so its peak memory is its own.
 
     python bench/poll_daemon.py CONFIG --db STATE.db --expect N [--mode run|once] [--profile OUT]
+    python bench/poll_daemon.py CONFIG --shared      # one of several workers (PostgreSQL)
 
 Opens `Daemon(config)` (untimed: config, store, sync, workers), marks every feed due, then
 times one full cycle:
@@ -59,10 +60,28 @@ def load(path: Path) -> tuple[Config, str]:
     return dataclasses.replace(config, poll=poll), "patched"
 
 
-def make_all_due(db: Path) -> int:
+def make_all_due(db: Path | None, state: str) -> int:
+    if state.startswith(("postgresql://", "postgres://")):
+        return make_all_due_pg(state)
+    assert db is not None, "--db is needed for a SQLite state"
     with sqlite3.connect(db) as conn:
         return conn.execute(
             "UPDATE feeds SET next_poll_at = '2000-01-01T00:00:00.000000Z', lease_until = NULL"
+        ).rowcount
+
+
+def make_all_due_pg(state: str) -> int:
+    """Every feed due at once, in the PostgreSQL state (several workers share it)."""
+    import psycopg
+
+    from monitor.store.postgres import split_state
+
+    dsn, schema = split_state(state)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if schema:
+            conn.execute(f'SET search_path TO "{schema}"')
+        return conn.execute(
+            "UPDATE feeds SET next_poll_at = '2000-01-01T00:00:00Z', lease_until = NULL"
         ).rowcount
 
 
@@ -113,7 +132,38 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-async def measure(config: Config, db: Path, expect: int, mode: str) -> dict[str, object]:
+async def serve(config: Config) -> dict[str, object]:
+    """One of several workers on a shared (PostgreSQL) state: open the daemon, say READY on
+    stdout, run from GO to STOP (lines on stdin); the caller makes the feeds due and times
+    the cycle from the state. Reports this worker's polls and CPU."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    loop = asyncio.get_running_loop()
+    async with Daemon(config) as daemon:
+        chained = daemon.scheduler._on_done
+
+        def on_done(outcome: PollOutcome) -> None:
+            outcomes[outcome.status] += 1
+            if chained is not None:
+                chained(outcome)
+
+        daemon.scheduler._on_done = on_done
+        print("READY", flush=True)
+        assert (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "GO"
+        cpu_before = cpu_seconds() + sum(cpu_seconds(p) for p in descendants(os.getpid()))
+        stop = asyncio.Event()
+        running = asyncio.create_task(daemon.run(stop))
+        await loop.run_in_executor(None, sys.stdin.readline)  # STOP (or EOF)
+        cpu = cpu_seconds() + sum(cpu_seconds(p) for p in descendants(os.getpid()))
+        stop.set()
+        await running
+    return {
+        "outcomes": dict(outcomes),
+        "cpu": round(cpu - cpu_before, 2),
+        "claims": daemon.scheduler.claims,
+    }
+
+
+async def measure(config: Config, db: Path | None, expect: int, mode: str) -> dict[str, object]:
     outcomes: collections.Counter[str] = collections.Counter()
     totals = {"new": 0, "alerts": 0}
     finished = asyncio.Event()
@@ -128,7 +178,7 @@ async def measure(config: Config, db: Path, expect: int, mode: str) -> dict[str,
             finished.set()
 
     async with Daemon(config) as daemon:
-        due = make_all_due(db)
+        due = make_all_due(db, config.state)
         chained = daemon.scheduler._on_done  # the daemon's own hook (it kicks dispatch)
 
         def on_done(outcome: PollOutcome) -> None:
@@ -186,8 +236,11 @@ async def measure(config: Config, db: Path, expect: int, mode: str) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
-    parser.add_argument("--db", type=Path, required=True)
-    parser.add_argument("--expect", type=int, required=True)
+    parser.add_argument("--db", type=Path, help="the SQLite state file (to make feeds due)")
+    parser.add_argument("--expect", type=int, default=0)
+    parser.add_argument(
+        "--shared", action="store_true", help="one of several workers: READY, GO, STOP"
+    )
     parser.add_argument("--mode", choices=["run", "once"], default="run")
     parser.add_argument("--log", type=Path, help="daemon log file (INFO, as `monitor run`)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the whole process")
@@ -199,7 +252,10 @@ def main() -> None:
     profile = cProfile.Profile() if args.profile else None
     if profile is not None:
         profile.enable()
-    result = asyncio.run(measure(config, args.db, args.expect, args.mode))
+    if args.shared:
+        result = asyncio.run(serve(config))
+    else:
+        result = asyncio.run(measure(config, args.db, args.expect, args.mode))
     if profile is not None:
         profile.disable()
         profile.dump_stats(args.profile)

@@ -206,11 +206,12 @@ def _group_members(pgid: int) -> list[int]:
 class DaemonProcess:
     """One `monitor run` child, in a session of its own, logging JSON lines to a file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *, log_level: str = "info") -> None:
         self.log_path = log
         self._log: IO[bytes] | None = log.open("wb")
+        command = [sys.executable, "-m", "monitor", "run", "-c", str(config)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "-c", str(config), "--log-format", "json"],
+            [*command, "--log-format", "json", "--log-level", log_level],
             cwd=config.parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -9,7 +9,8 @@ the store's state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -39,7 +40,7 @@ from monitor.store.common import (
     next_cadence,
     stored_item,
 )
-from monitor.store.protocol import Pruned, Recorded
+from monitor.store.protocol import OutboxStat, Pruned, Recorded
 
 
 @dataclass(slots=True)
@@ -500,6 +501,29 @@ class MemoryStore:
         rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [self._to_delivery(row) for row in rows[: max(limit, 0)]]
 
+    async def outbox_stats(self, now: datetime) -> list[OutboxStat]:
+        self._check()
+        counts: dict[str, dict[DeliveryStatus, int]] = {}
+        oldest: dict[str, datetime] = {}
+        for row in self._deliveries.values():
+            by_status = counts.setdefault(row.channel, dict.fromkeys(DeliveryStatus, 0))
+            by_status[row.status] += 1
+            if row.status is DeliveryStatus.PENDING:
+                first = oldest.get(row.channel)
+                oldest[row.channel] = (
+                    row.created_at if first is None else min(first, row.created_at)
+                )
+        return [
+            OutboxStat(
+                channel,
+                by_status[DeliveryStatus.PENDING],
+                by_status[DeliveryStatus.SENT],
+                by_status[DeliveryStatus.FAILED],
+                oldest.get(channel),
+            )
+            for channel, by_status in sorted(counts.items())
+        ]
+
     async def retry_due_count(self, channel: str, now: datetime) -> int:
         self._check()
         now = utc(now)
@@ -657,3 +681,9 @@ class MemoryStore:
             and row.status is DeliveryStatus.PENDING
             and lease_live(row.lease_until, now)
         )
+
+    @asynccontextmanager
+    async def digest_lock(self, channel: str) -> AsyncIterator[None]:
+        """Nothing to hold: only this process uses a memory store."""
+        self._check()
+        yield

@@ -7,6 +7,7 @@ Implementations: `MemoryStore` (reference, for tests and `state: memory:`), `SQL
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -36,6 +37,21 @@ class Pruned:
     deliveries: int
     #: Mutes that had ended.
     mutes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStat:
+    """One channel's deliveries in the outbox (`outbox_stats`), for /status and the gauges."""
+
+    channel: str
+    #: Deliveries not yet sent nor failed for good (claimed ones and ones awaiting a retry too).
+    pending: int
+    #: Deliveries sent, still kept (`retention.deliveries`).
+    sent: int
+    #: Deliveries failed for good, still kept.
+    failed: int
+    #: Creation time of the oldest pending delivery (UTC); None when none is pending.
+    oldest_pending: datetime | None
 
 
 class Store(Protocol):
@@ -302,6 +318,14 @@ class Store(Protocol):
         again before its next scheduled digest. Deliveries never tried are not counted."""
         ...
 
+    async def outbox_stats(self, now: datetime) -> list[OutboxStat]:
+        """Per channel that has deliveries stored (any status), by channel name: how many are
+        pending, sent and failed, and when the oldest pending one was written. Sent and failed
+        deliveries count until `prune` removes them. A read, cheap enough to run on every
+        metrics scrape. `now` is the time of the reading; the figures do not depend on it (it
+        is there so a backend computing ages itself uses the caller's clock, not its own)."""
+        ...
+
     # --- digests -------------------------------------------------------------------------------
 
     async def last_digest(self, channel: str) -> datetime | None:
@@ -387,4 +411,13 @@ class Store(Protocol):
 
     async def claimed_count(self, channel: str, now: datetime) -> int:
         """Pending deliveries of `channel` claimed at `now` (a lease still running)."""
+        ...
+
+    def digest_lock(self, channel: str) -> AbstractAsyncContextManager[None]:
+        """`async with store.digest_lock(channel):` holds `channel`'s digest lock across
+        every process using this store, waiting for another holder first: the Digester holds
+        it from reading the last digest time to writing it, so one digest period is sent by
+        one worker, and claims found under it belong to no live digest. A store only one
+        process can use (memory; SQLite, by its instance lock) has nothing to hold. Released
+        when the block ends, or when the holder dies. StoreError when it cannot be taken."""
         ...

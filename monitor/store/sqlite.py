@@ -18,7 +18,7 @@ import contextlib
 import errno
 import os
 import sqlite3
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,7 +34,7 @@ from monitor.store import sqlite_mutes as mutes_sql
 from monitor.store import sqlite_outbox as outbox_sql
 from monitor.store.batch import Batcher
 from monitor.store.common import clean_targets
-from monitor.store.protocol import Pruned, Recorded
+from monitor.store.protocol import OutboxStat, Pruned, Recorded
 from monitor.store.sqlite_schema import (
     InstanceLock,
     connect,
@@ -584,6 +584,9 @@ class SQLiteStore:
     async def retry_due_count(self, channel: str, now: datetime) -> int:
         return await self._run(lambda c: digests_sql.retry_due_count(c, channel, now))
 
+    async def outbox_stats(self, now: datetime) -> list[OutboxStat]:
+        return await self._run(outbox_sql.outbox_stats)
+
     # --- digests ---------------------------------------------------------------------------
 
     async def last_digest(self, channel: str) -> datetime | None:
@@ -634,3 +637,11 @@ class SQLiteStore:
 
     async def claimed_count(self, channel: str, now: datetime) -> int:
         return await self._run(lambda c: digests_sql.claimed_count(c, channel, now))
+
+    @contextlib.asynccontextmanager
+    async def digest_lock(self, channel: str) -> AsyncIterator[None]:
+        """Nothing to hold: the instance lock keeps every other daemon off the file (a
+        read-only or shared open sends no digest)."""
+        if self._executor is None:
+            raise StoreError(f"state file {self.path} is not open")
+        yield

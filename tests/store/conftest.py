@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,14 +13,13 @@ import pytest
 def _postgres_skip_reason() -> str | None:
     if not os.environ.get("MONITOR_TEST_POSTGRES"):
         return "set MONITOR_TEST_POSTGRES to run PostgreSQL store tests"
-    if importlib.util.find_spec("monitor.store.postgres") is None:
-        return "no PostgreSQL store yet"
     return None
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip every test of the "postgres" `new_store` param (tests/store/test_contract.py)
+    """Skip every test of the "postgres" `new_store` param (tests/store/test_contract*.py),
+    and tests/store/test_postgres.py,
     before its fixtures run, when it cannot run.
 
     Here rather than in the fixture: pytest reports a skip raised by a fixture at each test's
@@ -27,8 +28,31 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest groups all of them into one summary line.
     """
     callspec = getattr(item, "callspec", None)
-    if callspec is None or callspec.params.get("new_store") != "postgres":
+    postgres_only = item.path.name == "test_postgres.py"
+    if not postgres_only and (callspec is None or callspec.params.get("new_store") != "postgres"):
         return
     reason = _postgres_skip_reason()
     if reason is not None:
         pytest.skip(reason)
+
+
+def postgres_schema(tmp_path: Path) -> str:
+    """The PostgreSQL schema of the test whose temporary directory is `tmp_path`: unique per
+    test and per run (pytest numbers its base directories), the same for every store the test
+    opens."""
+    return "test_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:20]
+
+
+@pytest.fixture(autouse=True)
+def _drop_postgres_schema(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """After a test of the "postgres" backend, drop the schema its stores used."""
+    yield
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("new_store") != "postgres":
+        return
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(os.environ["MONITOR_TEST_POSTGRES"], autocommit=True) as conn:
+        name = sql.Identifier(postgres_schema(tmp_path))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))

@@ -21,6 +21,7 @@ import pytest
 from monitor.errors import StoreError
 from monitor.models import CacheInfo, DeliveryStatus, FeedState, Match, Retention
 from monitor.store import MemoryStore, Pruned, SQLiteStore, Store, open_store
+from tests.store.conftest import postgres_schema
 from tests.store.factories import (
     DAY,
     HOUR,
@@ -41,11 +42,12 @@ def make_store(backend: str, tmp_path: Path) -> Store:
         return MemoryStore()
     if backend == "sqlite":
         return SQLiteStore(tmp_path / "state.db")
-    # Only reached when it can run: tests/store/conftest.py skips the param otherwise.
+    # Only reached when it can run: tests/store/conftest.py skips the param otherwise. Each
+    # test gets a schema of its own (every store of the test reaches the same one), dropped
+    # afterwards by conftest's `_drop_postgres_schema`.
     dsn = os.environ["MONITOR_TEST_POSTGRES"]
     postgres = importlib.import_module("monitor.store.postgres")
-    # The PostgreSQL store must give each test an empty schema (e.g. one schema per test).
-    store: Store = postgres.PostgresStore(dsn)
+    store: Store = postgres.PostgresStore(dsn, schema=postgres_schema(tmp_path))
     return store
 
 
@@ -980,8 +982,63 @@ def test_open_store_picks_the_backend_by_url(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "state", ["", "memory", "sqlite://relative.db", "sqlite:///", "postgresql://x/y", "x.db"]
+    "state", ["", "memory", "sqlite://relative.db", "sqlite:///", "mysql://u:pw@x/y", "x.db"]
 )
 def test_open_store_refuses_other_urls(state: str) -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError) as refused:
         open_store(state)
+    assert "pw" not in str(refused.value)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_open_store_picks_postgresql_for_several_workers(scheme: str) -> None:
+    postgres = importlib.import_module("monitor.store.postgres")
+    store = open_store(f"{scheme}://ann:s3cret@db.example:5433/monitor?schema=news&sslmode=require")
+    assert isinstance(store, postgres.PostgresStore)
+    assert store.schema == "news"
+    assert "s3cret" not in repr(store)
+    assert store.where.label == "postgresql://ann@db.example:5433/monitor"
+
+
+# --- outbox_stats ------------------------------------------------------------------------------
+
+
+async def test_outbox_stats_counts_each_channels_deliveries_by_status(store: Store) -> None:
+    from monitor.store.protocol import OutboxStat
+
+    assert await store.outbox_stats(T0) == []
+    await _two_chats_and_a_channel_without(store)  # k1 at T0, k2 at T0+1min; tg c1, c2; mail
+    c1_k1, c2_k1, c1_k2, _ = await store.claim_deliveries("tg", T0 + HOUR, 10, MINUTE)
+    await store.mark_sent(c1_k1.id, T0 + HOUR)
+    await store.mark_failed(c2_k1.id, "blocked", now=T0 + HOUR)
+    # Claimed, or waiting for a retry: still pending.
+    await store.mark_retry(c1_k2.id, "timeout", now=T0 + HOUR, retry_at=T0 + DAY)
+    assert await store.outbox_stats(T0 + HOUR) == [
+        OutboxStat("mail", pending=2, sent=0, failed=0, oldest_pending=T0),
+        OutboxStat("tg", pending=2, sent=1, failed=1, oldest_pending=T0 + MINUTE),
+    ]
+
+
+async def test_outbox_stats_has_no_oldest_pending_once_all_is_done(store: Store) -> None:
+    await _three_alerts(store)  # tg: k1, k2, k3; mail: k2
+    for channel in ("tg", "mail"):
+        for delivery in await store.claim_deliveries(channel, T0 + HOUR, 10, MINUTE):
+            await store.mark_sent(delivery.id, T0 + HOUR)
+    stats = {s.channel: s for s in await store.outbox_stats(T0 + HOUR)}
+    assert {c: (s.pending, s.sent, s.failed) for c, s in stats.items()} == {
+        "mail": (0, 1, 0),
+        "tg": (0, 3, 0),
+    }
+    assert stats["tg"].oldest_pending is None
+    # Pruned deliveries no longer count; a channel with none left is left out.
+    await store.prune(T0 + 100 * DAY, Retention(seen=1000 * DAY))
+    assert await store.outbox_stats(T0 + 100 * DAY) == []
+
+
+async def test_outbox_stats_times_come_back_in_utc(store: Store) -> None:
+    kyiv = timezone(timedelta(hours=3))
+    await record(store, "a", [item("k1")], [alert("k1")], now=T0.astimezone(kyiv))
+    [stat] = await store.outbox_stats(T0)
+    assert stat.oldest_pending == T0
+    assert stat.oldest_pending is not None
+    assert stat.oldest_pending.utcoffset() == timedelta(0)

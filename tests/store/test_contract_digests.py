@@ -183,3 +183,26 @@ async def test_release_claims_frees_every_claim_of_one_channel(store: Store) -> 
     again = await store.claim_deliveries("mail", T0, 10, HOUR)
     assert [d.attempts for d in again] == [0, 0]
     assert await store.claim_deliveries("news", T0, 10, HOUR) == []
+
+
+# --- digest_lock -------------------------------------------------------------------------------
+
+
+async def test_the_digest_lock_is_held_for_a_block_and_released_after(store: Store) -> None:
+    async with store.digest_lock("mail"):
+        await store.set_last_digest("mail", T0)
+    async with store.digest_lock("mail"), store.digest_lock("news"):  # another channel's
+        assert await store.last_digest("mail") == T0
+    with pytest.raises(RuntimeError, match="boom"):  # released on an error too
+        async with store.digest_lock("mail"):
+            raise RuntimeError("boom")
+    async with store.digest_lock("mail"):
+        pass
+
+
+async def test_the_digest_lock_needs_an_open_store(new_store: Callable[[], Store]) -> None:
+    from monitor.errors import StoreError
+
+    with pytest.raises(StoreError, match="not open"):
+        async with new_store().digest_lock("mail"):
+            pass

@@ -1,0 +1,459 @@
+"""The scale-out store: one PostgreSQL database shared by several `monitor run` workers.
+
+PostgreSQL is the coordination engine, with no protocol of our own: due feeds and pending
+deliveries are claimed with `FOR UPDATE SKIP LOCKED` and a lease (a worker that dies loses its
+claims when they expire), `sync_feeds` and migrations run under advisory locks (workers
+starting together do not race), and a digest is sent under a session advisory lock per channel
+(`digest_lock`). Mutes, digest times and feed health are rows like everything else, so every
+worker sees them.
+
+Every call runs in one transaction on a pooled connection (psycopg 3, `psycopg_pool`). Every
+psycopg error leaves as a StoreError naming the database without its password; a call that
+fails has written nothing (its transaction is rolled back), and a connection lost mid-run is
+replaced by the pool on a later call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from monitor.errors import StoreError
+from monitor.logs import register_secret
+from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item, Retention
+from monitor.store import postgres_feeds as feeds_sql
+from monitor.store import postgres_health as health_sql
+from monitor.store import postgres_outbox as outbox_sql
+from monitor.store.common import clean_alert, clean_targets
+from monitor.store.postgres_schema import (
+    LOCK_CLASS,
+    Conn,
+    Location,
+    check_version,
+    describe_error,
+    load_migrations,
+    lock_key,
+    migrate,
+    prepare_schema,
+)
+from monitor.store.protocol import OutboxStat, Pruned, Recorded
+
+T = TypeVar("T")
+
+#: Connections per worker: polls, sends and digests run concurrently on one event loop.
+POOL_SIZE = 8
+#: Seconds to wait for PostgreSQL to accept a connection, or for a free pooled one.
+CONNECT_TIMEOUT = 10
+
+
+def split_state(state: str) -> tuple[str, str | None]:
+    """A `state:` URL as (libpq DSN, schema): monitor's own `schema` query parameter names
+    the schema the tables live in (created if missing); libpq would refuse it."""
+    parts = urlsplit(state)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    rest = [(key, value) for key, value in query if key != "schema"]
+    dsn = urlunsplit(parts._replace(query=urlencode(rest)))
+    if schemas and not schemas[-1]:
+        raise StoreError("state names an empty schema: use ?schema=NAME or leave it out")
+    return dsn, schemas[-1] if schemas else None
+
+
+class PostgresStore:
+    """The state in PostgreSQL at `dsn`; see `monitor.store.protocol.Store` for the contract.
+
+    `schema`: the schema holding the tables (created if missing); None keeps the DSN's
+    search_path (usually "public"). `open` connects (StoreError saying why when PostgreSQL is
+    unreachable or refuses), applies pending migrations under an advisory lock, then opens a
+    pool of `POOL_SIZE` connections. Unlike SQLite there is no instance lock: many workers
+    share one database. `read_only` (status, previews beside running workers): no migration,
+    every write fails; `shared` (a short operator write such as `monitor feeds --retry`): no
+    migration; both need the schema of this version in place.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        read_only: bool = False,
+        shared: bool = False,
+        pool_size: int = POOL_SIZE,
+        application_name: str = "monitor",
+    ) -> None:
+        self._dsn = dsn
+        self.where = Location.of(dsn)
+        if self.where.password:  # however the DSN is logged, its password is not
+            register_secret(self.where.password)
+        self.schema = schema
+        self.read_only = read_only
+        self.shared = shared and not read_only
+        #: How the workers' connections show in pg_stat_activity.
+        self.application_name = application_name
+        self._pool_size = max(pool_size, 2)  # a digest lock holds one connection while it waits
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        #: The schema found at open: lock keys and the pool's search_path use it.
+        self._schema = ""
+        self._lifecycle = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where.label!r}, schema={self.schema!r})"
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        async with self._lifecycle:
+            if self._pool is not None:
+                return
+            self._schema = await self._prepare()
+            pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs=self._connect_kwargs(),
+                configure=self._configure,
+                timeout=CONNECT_TIMEOUT,
+                name="monitor-state",
+                open=False,
+            )
+            try:
+                await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+            except BaseException as exc:
+                await pool.close()
+                if isinstance(exc, psycopg.Error):
+                    raise StoreError(describe_error(self.where, exc, connecting=True)) from None
+                raise
+            self._pool = pool
+
+    async def close(self) -> None:
+        async with self._lifecycle:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _connect_kwargs(self) -> dict[str, object]:
+        return {"connect_timeout": CONNECT_TIMEOUT, "application_name": self.application_name}
+
+    async def _prepare(self) -> str:
+        """Connect once (the error says exactly why when it fails), create the schema and
+        migrate it, or check it for a read-only or shared open; returns the schema."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._dsn, connect_timeout=CONNECT_TIMEOUT, application_name=self.application_name
+            )
+        except psycopg.Error as exc:
+            # `from None`: libpq's own message is in ours, scrubbed; the chained one is not.
+            raise StoreError(describe_error(self.where, exc, connecting=True)) from None
+        try:
+            readonly = self.read_only or self.shared
+            schema = await prepare_schema(conn, self.schema, create=not readonly)
+            migrations = load_migrations()
+            if readonly:
+                await check_version(conn, len(migrations), self.where, schema)
+            else:
+                await migrate(conn, migrations, self.where, schema)
+            return schema
+        except psycopg.Error as exc:
+            raise StoreError(describe_error(self.where, exc)) from exc
+        finally:
+            await conn.close()
+
+    async def _configure(self, conn: Conn) -> None:
+        """Every pooled connection: the schema, UTC, and read-only when asked."""
+        settings = [
+            sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)),
+            sql.SQL("SET TIME ZONE 'UTC'"),
+        ]
+        if self.read_only:
+            settings.append(sql.SQL("SET default_transaction_read_only = on"))
+        await conn.execute(sql.SQL("; ").join(settings))
+        await conn.commit()
+
+    def _require(self) -> AsyncConnectionPool[Conn]:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        return self._pool
+
+    async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """`work` in one transaction on a pooled connection: committed when it returns,
+        rolled back when it raises; psycopg errors become StoreError."""
+        pool = self._require()
+        try:
+            async with pool.connection() as conn:
+                return await work(conn)
+        except psycopg.Error as exc:
+            raise StoreError(describe_error(self.where, exc)) from exc
+        except UnicodeEncodeError as exc:
+            # Lone surrogates cannot be sent as UTF-8; the parser is meant to remove them.
+            raise StoreError(
+                f"PostgreSQL state {self.where.label}: text is not valid Unicode: {exc}"
+            ) from exc
+
+    # --- feeds -----------------------------------------------------------------------------
+
+    async def sync_feeds(self, feeds: Sequence[FeedSpec], now: datetime) -> None:
+        specs = tuple(feeds)
+        lock = (LOCK_CLASS, lock_key("sync", self._schema))
+        await self._run(lambda c: feeds_sql.sync_feeds(c, specs, now, lock))
+
+    async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
+        return await self._run(lambda c: feeds_sql.claim_due_feeds(c, now, limit, lease))
+
+    async def feed_state(self, name: str) -> FeedState | None:
+        return await self._run(lambda c: feeds_sql.get_feed_state(c, name))
+
+    async def feed_states(self) -> list[FeedState]:
+        return await self._run(feeds_sql.feed_states)
+
+    async def unseen(self, feed: str, keys: Sequence[str]) -> set[str]:
+        wanted = tuple(keys)
+        return await self._run(lambda c: feeds_sql.unseen(c, feed, wanted))
+
+    async def record_items(
+        self,
+        feed: str,
+        items: Sequence[Item],
+        alerts: Sequence[Alert],
+        *,
+        cache: CacheInfo,
+        now: datetime,
+        next_poll_at: datetime,
+        warning: str = "",
+        targets: Mapping[str, Sequence[str]] | None = None,
+        ttl: int | None = None,
+    ) -> Recorded:
+        # Converted before the transaction: a bad input fails before anything is written.
+        kept, cleaned, chosen = (
+            tuple(items),
+            [clean_alert(a) for a in alerts],
+            clean_targets(targets),
+        )
+        return await self._run(
+            lambda c: feeds_sql.record_items(
+                c,
+                feed,
+                kept,
+                cleaned,
+                cache=cache,
+                now=now,
+                next_poll_at=next_poll_at,
+                warning=warning,
+                targets=chosen,
+                ttl=ttl,
+            )
+        )
+
+    async def record_not_modified(
+        self,
+        feed: str,
+        *,
+        now: datetime,
+        next_poll_at: datetime,
+        cache: CacheInfo | None = None,
+    ) -> None:
+        await self._run(lambda c: feeds_sql.record_not_modified(c, feed, now, next_poll_at, cache))
+
+    async def record_failure(
+        self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False
+    ) -> None:
+        await self._run(lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at, dead))
+
+    async def revive_feeds(self, names: Sequence[str], now: datetime) -> list[str]:
+        wanted = list(names)
+        return await self._run(lambda c: health_sql.revive_feeds(c, wanted, now))
+
+    async def record_notice(
+        self,
+        feed: str,
+        kind: str,
+        alert: Alert | None,
+        *,
+        now: datetime,
+        targets: Mapping[str, Sequence[str]] | None = None,
+    ) -> int:
+        clean = None if alert is None else clean_alert(alert)
+        chosen = clean_targets(targets)
+        return await self._run(
+            lambda c: health_sql.record_notice(c, feed, kind, clean, now, chosen)
+        )
+
+    async def seen_alike(self, feed: str, items: Sequence[Item]) -> set[str]:
+        wanted = list(items)
+        return await self._run(lambda c: health_sql.seen_alike(c, feed, wanted))
+
+    async def release_feeds(self, names: Sequence[str]) -> None:
+        wanted = tuple(names)
+        if wanted:
+            await self._run(lambda c: feeds_sql.release_feeds(c, wanted))
+        else:
+            self._require()
+
+    # --- items -----------------------------------------------------------------------------
+
+    async def recent_items(self, since: datetime, feed: str | None = None) -> list[Item]:
+        return await self._run(lambda c: feeds_sql.recent_items(c, since, feed))
+
+    # --- deliveries ------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self,
+        channel: str,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        skip_targets: Collection[str] = (),
+    ) -> list[Delivery]:
+        skip = frozenset(skip_targets)
+        return await self._run(
+            lambda c: outbox_sql.claim_deliveries(c, channel, now, limit, lease, skip)
+        )
+
+    async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
+        ids = tuple(delivery_ids)
+        await self._run(lambda c: outbox_sql.release_deliveries(c, ids))
+
+    async def mark_sent(self, delivery_id: int, now: datetime) -> None:
+        await self._run(lambda c: outbox_sql.mark_sent(c, delivery_id, now))
+
+    async def mark_retry(
+        self,
+        delivery_id: int,
+        error: str,
+        *,
+        now: datetime,
+        retry_at: datetime,
+        attempt: bool = True,
+    ) -> None:
+        await self._run(lambda c: outbox_sql.mark_retry(c, delivery_id, error, retry_at, attempt))
+
+    async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
+        await self._run(lambda c: outbox_sql.mark_failed(c, delivery_id, error))
+
+    async def pending_count(self, channel: str | None = None) -> int:
+        return await self._run(lambda c: outbox_sql.pending_count(c, channel))
+
+    async def pending_by_target(self, channel: str) -> dict[str, int]:
+        return await self._run(lambda c: outbox_sql.pending_by_target(c, channel))
+
+    async def deliveries(
+        self, channel: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        return await self._run(lambda c: outbox_sql.deliveries(c, channel, status, limit))
+
+    async def outbox_stats(self, now: datetime) -> list[OutboxStat]:
+        return await self._run(outbox_sql.outbox_stats)
+
+    async def retry_due_count(self, channel: str, now: datetime) -> int:
+        return await self._run(lambda c: health_sql.retry_due_count(c, channel, now))
+
+    # --- digests ---------------------------------------------------------------------------
+
+    async def last_digest(self, channel: str) -> datetime | None:
+        return await self._run(lambda c: health_sql.last_digest(c, channel))
+
+    async def set_last_digest(self, channel: str, at: datetime) -> None:
+        await self._run(lambda c: health_sql.set_last_digest(c, channel, at))
+
+    @contextlib.asynccontextmanager
+    async def digest_lock(self, channel: str) -> AsyncIterator[None]:
+        """A session advisory lock per channel on a connection of its own, held while the
+        block runs: the workers' digests of one channel run one after the other. Released
+        when the block ends, or by PostgreSQL when the holder's connection dies."""
+        pool = self._require()
+        key = (LOCK_CLASS, lock_key("digest", self._schema, channel))
+        try:
+            conn = await pool.getconn()
+        except psycopg.Error as exc:
+            raise StoreError(describe_error(self.where, exc)) from exc
+        held = False
+        try:
+            try:
+                await conn.execute("SELECT pg_advisory_lock(%s, %s)", key)
+                await conn.commit()
+                held = True
+            except psycopg.Error as exc:
+                raise StoreError(describe_error(self.where, exc)) from exc
+            yield
+        finally:
+            await self._unlock(pool, conn, key if held else None)
+
+    async def _unlock(
+        self, pool: AsyncConnectionPool[Conn], conn: Conn, key: tuple[int, int] | None
+    ) -> None:
+        """Give the digest lock back, and the connection to the pool; a connection that
+        could not unlock (or was cut off while waiting) is closed, which drops the lock."""
+        try:
+            if key is not None:
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+                await conn.commit()
+            elif not conn.closed:
+                await conn.rollback()
+        except BaseException:
+            await conn.close()
+            raise
+        finally:
+            await pool.putconn(conn)
+
+    # --- alerts ----------------------------------------------------------------------------
+
+    async def alert_count(self, since: datetime) -> int:
+        return await self._run(lambda c: outbox_sql.alert_count(c, since))
+
+    # --- mutes -----------------------------------------------------------------------------
+
+    async def mute(self, rule: str, until: datetime, *, now: datetime) -> None:
+        await self._run(lambda c: health_sql.mute(c, rule, until, now))
+
+    async def unmute(self, rule: str) -> bool:
+        return await self._run(lambda c: health_sql.unmute(c, rule))
+
+    async def mutes(self, now: datetime) -> dict[str, datetime]:
+        return await self._run(lambda c: health_sql.mutes(c, now))
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    async def prune(self, now: datetime, retention: Retention) -> Pruned:
+        return await self._run(lambda c: outbox_sql.prune(c, now, retention))
+
+    # --- digests: outbox operations --------------------------------------------------------
+
+    async def mark_sent_many(self, delivery_ids: Sequence[int], now: datetime) -> None:
+        ids = tuple(delivery_ids)
+        await self._run(lambda c: outbox_sql.mark_sent_many(c, ids, now))
+
+    async def due_deliveries(
+        self,
+        channel: str,
+        now: datetime,
+        limit: int,
+        skip_targets: Collection[str] = (),
+    ) -> list[Delivery]:
+        skip = frozenset(skip_targets)
+        return await self._run(lambda c: outbox_sql.due_deliveries(c, channel, now, limit, skip))
+
+    async def release_claims(self, channel: str) -> int:
+        return await self._run(lambda c: health_sql.release_claims(c, channel))
+
+    async def claimed_count(self, channel: str, now: datetime) -> int:
+        return await self._run(lambda c: health_sql.claimed_count(c, channel, now))

@@ -1,0 +1,395 @@
+"""PostgreSQL queries for feeds and items, including the one-transaction `record_items`.
+
+Coroutines taking a pooled connection inside the transaction `PostgresStore` opened for the
+call. Claims lock the rows they take (`FOR UPDATE SKIP LOCKED`), so workers claiming at once
+each get other feeds; sets go as arrays (`unnest`, `= ANY`), one round trip per statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from monitor.errors import StoreError
+from monitor.models import Alert, CacheInfo, FeedSpec, FeedState, Item
+from monitor.sources.identity import fingerprint
+from monitor.store.codec import json_to_tags, matches_to_json, tags_to_json, utc
+from monitor.store.common import (
+    LAST_SEEN_REFRESH,
+    delivery_targets,
+    first_per_key,
+    first_poll_at,
+    next_cadence,
+    stored_item,
+)
+from monitor.store.postgres_schema import Conn
+from monitor.store.protocol import Recorded
+
+FEED_COLUMNS = (
+    "name, url, etag, last_modified, next_poll_at, last_polled_at, last_success_at,"
+    " last_error, consecutive_failures, seeded, items_seen, last_warning,"
+    " failing_since, dead_since, dead_reason, last_new_at, cadence, notice, ttl"
+)
+_ITEM_COLUMNS = "feed, key, title, link, summary, author, tags_json, published, seen_at"
+
+
+def opt_dt(value: datetime | None) -> datetime | None:
+    """A timestamptz as read (in the session's zone), as the contract returns it: UTC."""
+    return None if value is None else value.astimezone(UTC)
+
+
+def feed_state(row: Any) -> FeedState:
+    return FeedState(
+        name=row[0],
+        url=row[1],
+        cache=CacheInfo(etag=row[2], last_modified=row[3]),
+        next_poll_at=opt_dt(row[4]),
+        last_polled_at=opt_dt(row[5]),
+        last_success_at=opt_dt(row[6]),
+        last_error=row[7],
+        consecutive_failures=row[8],
+        seeded=row[9],
+        items_seen=row[10],
+        last_warning=row[11],
+        failing_since=opt_dt(row[12]),
+        dead_since=opt_dt(row[13]),
+        dead_reason=row[14],
+        last_new_at=opt_dt(row[15]),
+        cadence=None if row[16] is None else timedelta(seconds=row[16]),
+        notice=row[17],
+        ttl=row[18],
+    )
+
+
+def _item(row: Any) -> Item:
+    return Item(
+        feed=row[0],
+        key=row[1],
+        title=row[2],
+        link=row[3],
+        summary=row[4],
+        author=row[5],
+        tags=json_to_tags(row[6]),
+        published=opt_dt(row[7]),
+        seen_at=row[8].astimezone(UTC),
+    )
+
+
+async def scheduling_only(conn: Conn) -> None:
+    """This transaction only moves a feed's schedule or claim: commit it without waiting for
+    the WAL to reach the disk. A database crash may then forget it (the feed is polled again,
+    its items are still stored once); waiting would cost a disk flush per poll, which is what
+    bounds the whole poll rate otherwise. Items, alerts and deliveries stay synchronous."""
+    await conn.execute("SET LOCAL synchronous_commit = off")
+
+
+async def require_feed(conn: Conn, name: str, *, lock: bool = False) -> Any:
+    """The feed's (seeded, last_new_at, cadence), its row locked with `lock`; StoreError for
+    a feed never synced."""
+    cursor = await conn.execute(
+        "SELECT seeded, last_new_at, cadence FROM feeds WHERE name = %s"
+        + (" FOR UPDATE" if lock else ""),
+        (name,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise StoreError(f"unknown feed {name!r}: sync_feeds never saw it")
+    return row
+
+
+# --- feeds -------------------------------------------------------------------------------------
+
+
+async def sync_feeds(
+    conn: Conn, feeds: Sequence[FeedSpec], now: datetime, lock: tuple[int, int]
+) -> None:
+    """Under a transaction-level advisory lock: workers starting (or reloading) together
+    sync one after the other, and the later ones find nothing left to change."""
+    now = utc(now)
+    configured = {spec.name: spec for spec in feeds}
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
+    cursor = await conn.execute("SELECT name, url, active FROM feeds")
+    stored = {name: (url, active) for name, url, active in await cursor.fetchall()}
+    # Only rows whose flag changes are written: the others may be claimed by a worker.
+    flipped = [name for name, (_, active) in stored.items() if (name in configured) != active]
+    if flipped:
+        await conn.execute("UPDATE feeds SET active = NOT active WHERE name = ANY(%s)", (flipped,))
+    added = [s for s in configured.values() if s.name not in stored]
+    if added:
+        await conn.execute(
+            "INSERT INTO feeds (name, url, next_poll_at)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])",
+            (
+                [s.name for s in added],
+                [s.url for s in added],
+                [first_poll_at(s.name, s.interval, now, len(added)) for s in added],
+            ),
+        )
+    # Another URL may be another source: seed it again rather than risk a flood.
+    moved = [s for s in configured.values() if s.name in stored and stored[s.name][0] != s.url]
+    if moved:
+        await conn.execute(
+            "UPDATE feeds SET url = m.url, etag = NULL, last_modified = NULL, seeded = false,"
+            " dead_since = NULL, dead_reason = '', failing_since = NULL,"
+            " consecutive_failures = 0"
+            " FROM unnest(%s::text[], %s::text[]) AS m(name, url) WHERE feeds.name = m.name",
+            ([s.name for s in moved], [s.url for s in moved]),
+        )
+
+
+async def claim_due_feeds(
+    conn: Conn, now: datetime, limit: int, lease: timedelta
+) -> list[FeedState]:
+    """Walks the due-time index; rows another worker is claiming right now are skipped, and
+    rows it claimed meanwhile fail the lease test when re-checked after its commit."""
+    now = utc(now)
+    await scheduling_only(conn)
+    cursor = await conn.execute(
+        f"UPDATE feeds SET lease_until = %(until)s FROM ("
+        " SELECT name FROM feeds WHERE active AND dead_since IS NULL AND next_poll_at <= %(now)s"
+        " AND (lease_until IS NULL OR lease_until <= %(now)s)"
+        ' ORDER BY next_poll_at, name COLLATE "C" LIMIT %(limit)s FOR UPDATE SKIP LOCKED'
+        f") AS due WHERE feeds.name = due.name RETURNING {_qualified('feeds', FEED_COLUMNS)}",
+        {"until": now + lease, "now": now, "limit": max(limit, 0)},
+    )
+    states = [feed_state(row) for row in await cursor.fetchall()]
+    # RETURNING keeps no order: oldest first, as the contract says.
+    states.sort(key=lambda s: (s.next_poll_at or now, s.name))
+    return states
+
+
+def _qualified(table: str, columns: str) -> str:
+    return ", ".join(f"{table}.{c.strip()}" for c in columns.split(","))
+
+
+async def get_feed_state(conn: Conn, name: str) -> FeedState | None:
+    cursor = await conn.execute(f"SELECT {FEED_COLUMNS} FROM feeds WHERE name = %s", (name,))
+    row = await cursor.fetchone()
+    return None if row is None else feed_state(row)
+
+
+async def feed_states(conn: Conn) -> list[FeedState]:
+    cursor = await conn.execute(f"SELECT {FEED_COLUMNS} FROM feeds WHERE active")
+    return sorted((feed_state(row) for row in await cursor.fetchall()), key=lambda s: s.name)
+
+
+async def record_not_modified(
+    conn: Conn, feed: str, now: datetime, next_poll_at: datetime, cache: CacheInfo | None
+) -> None:
+    await scheduling_only(conn)
+    cursor = await conn.execute(
+        "UPDATE feeds SET next_poll_at = %(next)s, last_polled_at = %(now)s,"
+        " last_success_at = %(now)s, last_error = '', consecutive_failures = 0,"
+        " failing_since = NULL, lease_until = NULL,"
+        " etag = CASE WHEN %(replace)s THEN %(etag)s ELSE etag END,"
+        " last_modified = CASE WHEN %(replace)s THEN %(last_modified)s ELSE last_modified END"
+        " WHERE name = %(feed)s",
+        {
+            "next": utc(next_poll_at),
+            "now": utc(now),
+            "replace": cache is not None,
+            "etag": None if cache is None else cache.etag,
+            "last_modified": None if cache is None else cache.last_modified,
+            "feed": feed,
+        },
+    )
+    if cursor.rowcount == 0:
+        await require_feed(conn, feed)
+
+
+async def record_failure(
+    conn: Conn, feed: str, error: str, now: datetime, next_poll_at: datetime, dead: bool
+) -> None:
+    if not dead:  # declaring a feed dead is kept for sure
+        await scheduling_only(conn)
+    cursor = await conn.execute(
+        "UPDATE feeds SET next_poll_at = %(next)s, last_polled_at = %(now)s,"
+        " last_error = %(error)s, consecutive_failures = consecutive_failures + 1,"
+        " lease_until = NULL, failing_since = COALESCE(failing_since, %(now)s),"
+        " dead_since = CASE WHEN %(dead)s THEN %(now)s ELSE dead_since END,"
+        " dead_reason = CASE WHEN %(dead)s THEN %(error)s ELSE dead_reason END"
+        " WHERE name = %(feed)s",
+        {"next": utc(next_poll_at), "now": utc(now), "error": error, "dead": dead, "feed": feed},
+    )
+    if cursor.rowcount == 0:
+        await require_feed(conn, feed)
+
+
+async def release_feeds(conn: Conn, names: Sequence[str]) -> None:
+    await scheduling_only(conn)
+    await conn.execute(
+        "UPDATE feeds SET lease_until = NULL WHERE name = ANY(%s) AND lease_until IS NOT NULL",
+        (list(names),),
+    )
+
+
+# --- items -------------------------------------------------------------------------------------
+
+
+async def unseen(conn: Conn, feed: str, keys: Sequence[str]) -> set[str]:
+    wanted = set(keys)
+    if not wanted:
+        return set()
+    cursor = await conn.execute(
+        "SELECT key FROM items WHERE feed = %s AND key = ANY(%s)", (feed, list(wanted))
+    )
+    return wanted - {row[0] for row in await cursor.fetchall()}
+
+
+async def record_items(
+    conn: Conn,
+    feed: str,
+    items: Sequence[Item],
+    alerts: Sequence[Alert],
+    *,
+    cache: CacheInfo,
+    now: datetime,
+    next_poll_at: datetime,
+    warning: str,
+    targets: Mapping[str, tuple[str, ...]],
+    ttl: int | None,
+) -> Recorded:
+    """`alerts` cleaned and `targets` checked by the caller; items are converted here, before
+    the first statement."""
+    now, next_poll_at = utc(now), utc(next_poll_at)
+    unique = [(given, stored_item(given, feed, now)) for given in first_per_key(items)]
+    seeded, last_new_at, cadence_s = await require_feed(conn, feed, lock=True)
+    fresh = await _insert_items(conn, feed, [kept for _, kept in unique], now)
+    new = [(given, kept) for given, kept in unique if kept.key in fresh]
+    await _refresh_last_seen(conn, feed, [k.key for _, k in unique if k.key not in fresh], now)
+    n_alerts, n_deliveries = await insert_alerts(conn, feed, alerts, fresh, targets, now)
+    cadence = None if cadence_s is None else timedelta(seconds=cadence_s)
+    if not seeded:
+        last_new_at = now
+    elif new:
+        cadence, last_new_at = next_cadence(cadence, opt_dt(last_new_at), now), now
+    await conn.execute(
+        "UPDATE feeds SET etag = %(etag)s, last_modified = %(last_modified)s,"
+        " next_poll_at = %(next)s, last_polled_at = %(now)s, last_success_at = %(now)s,"
+        " last_error = '', consecutive_failures = 0, seeded = true,"
+        " items_seen = items_seen + %(new)s, last_warning = %(warning)s, lease_until = NULL,"
+        " last_fetched_at = %(now)s, failing_since = NULL, last_new_at = %(last_new_at)s,"
+        " cadence = %(cadence)s, ttl = %(ttl)s WHERE name = %(feed)s",
+        {
+            "etag": cache.etag,
+            "last_modified": cache.last_modified,
+            "next": next_poll_at,
+            "now": now,
+            "new": len(new),
+            "warning": warning,
+            "last_new_at": last_new_at,
+            "cadence": None if cadence is None else cadence.total_seconds(),
+            "ttl": ttl,
+            "feed": feed,
+        },
+    )
+    new_items = tuple(replace(kept, content=given.content) for given, kept in new)
+    return Recorded(new_items, n_alerts, n_deliveries)
+
+
+async def _insert_items(conn: Conn, feed: str, kept: Sequence[Item], now: datetime) -> set[str]:
+    """Insert the items not stored yet, in order; returns their keys. ON CONFLICT makes it
+    exact even if another transaction stored one meanwhile (it cannot: the feed row is
+    locked, but the primary key is what guarantees an item alerts at most once)."""
+    if not kept:
+        return set()
+    cursor = await conn.execute(
+        "INSERT INTO items (feed, key, title, link, summary, author, tags_json, published,"
+        " seen_at, last_seen_at, alt)"
+        " SELECT %(feed)s, u.key, u.title, u.link, u.summary, u.author, u.tags, u.published,"
+        " %(now)s, %(now)s, u.alt FROM unnest(%(keys)s::text[], %(titles)s::text[],"
+        " %(links)s::text[], %(summaries)s::text[], %(authors)s::text[], %(tags)s::text[],"
+        " %(published)s::timestamptz[], %(alts)s::text[])"
+        " WITH ORDINALITY AS u(key, title, link, summary, author, tags, published, alt, n)"
+        " ORDER BY u.n ON CONFLICT DO NOTHING RETURNING key",
+        {
+            "feed": feed,
+            "now": now,
+            "keys": [i.key for i in kept],
+            "titles": [i.title for i in kept],
+            "links": [i.link for i in kept],
+            "summaries": [i.summary for i in kept],
+            "authors": [i.author for i in kept],
+            "tags": [tags_to_json(i.tags) for i in kept],
+            "published": [i.published for i in kept],
+            "alts": [fingerprint(i.link, i.title) for i in kept],
+        },
+    )
+    return {row[0] for row in await cursor.fetchall()}
+
+
+async def _refresh_last_seen(conn: Conn, feed: str, keys: Sequence[str], now: datetime) -> None:
+    if keys:
+        await conn.execute(
+            "UPDATE items SET last_seen_at = %s WHERE feed = %s AND key = ANY(%s)"
+            " AND last_seen_at < %s",
+            (now, feed, list(keys), now - LAST_SEEN_REFRESH),
+        )
+
+
+async def insert_alerts(
+    conn: Conn,
+    feed: str,
+    alerts: Sequence[Alert],
+    fresh: set[str],
+    targets: Mapping[str, tuple[str, ...]],
+    now: datetime,
+) -> tuple[int, int]:
+    """Alerts (cleaned) for items new in this call, one per item, and their pending
+    deliveries; returns how many of each."""
+    pending = set(fresh)
+    chosen: list[Alert] = []
+    for alert in alerts:
+        if alert.feed == feed and alert.item_key in pending:
+            pending.discard(alert.item_key)
+            chosen.append(alert)
+    if not chosen:
+        return 0, 0
+    cursor = await conn.execute(
+        "INSERT INTO alerts (feed, item_key, created_at, title, link, summary, published,"
+        " seen_at, matches_json)"
+        " SELECT %(feed)s, u.item_key, %(now)s, u.title, u.link, u.summary, u.published,"
+        " u.seen_at, u.matches FROM unnest(%(keys)s::text[], %(titles)s::text[],"
+        " %(links)s::text[], %(summaries)s::text[], %(published)s::timestamptz[],"
+        " %(seen)s::timestamptz[], %(matches)s::text[])"
+        " WITH ORDINALITY AS u(item_key, title, link, summary, published, seen_at, matches, n)"
+        " ORDER BY u.n RETURNING id, item_key",
+        {
+            "feed": feed,
+            "now": now,
+            "keys": [a.item_key for a in chosen],
+            "titles": [a.title for a in chosen],
+            "links": [a.link for a in chosen],
+            "summaries": [a.summary for a in chosen],
+            "published": [a.published for a in chosen],
+            "seen": [a.seen_at for a in chosen],
+            "matches": [matches_to_json(a.matches) for a in chosen],
+        },
+    )
+    ids = {key: alert_id for alert_id, key in await cursor.fetchall()}
+    rows = [
+        (ids[alert.item_key], channel, target)
+        for alert in chosen
+        for channel, target in delivery_targets(alert, targets)
+    ]
+    if rows:
+        await conn.execute(
+            "INSERT INTO deliveries (alert_id, channel, target, created_at)"
+            " SELECT u.alert_id, u.channel, u.target, %s FROM unnest(%s::bigint[], %s::text[],"
+            " %s::text[]) WITH ORDINALITY AS u(alert_id, channel, target, n) ORDER BY u.n",
+            (now, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+        )
+    return len(chosen), len(rows)
+
+
+async def recent_items(conn: Conn, since: datetime, feed: str | None) -> list[Item]:
+    sql = f"SELECT {_ITEM_COLUMNS} FROM items WHERE NOT text_pruned AND seen_at >= %s"
+    params: list[object] = [utc(since)]
+    if feed is not None:
+        sql += " AND feed = %s"
+        params.append(feed)
+    # seq breaks ties between items seen in one poll: later inserted counts as newer.
+    cursor = await conn.execute(sql + " ORDER BY seen_at DESC, seq DESC", params)
+    return [_item(row) for row in await cursor.fetchall()]

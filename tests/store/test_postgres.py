@@ -1,0 +1,238 @@
+"""What only the PostgreSQL store does: several workers (stores) on one database, migrations
+under a lock, errors an operator can act on. Runs when MONITOR_TEST_POSTGRES holds a DSN."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from monitor.errors import StoreError
+from tests.store.factories import HOUR, MINUTE, T0, alert, item, record, spec
+
+DSN = os.environ.get("MONITOR_TEST_POSTGRES", "")
+# Skipped without it by tests/store/conftest.py, with the contract suite's postgres params.
+
+if DSN:  # psycopg is installed everywhere, but only needed here when the tests run
+    import psycopg
+    from psycopg import sql
+
+    from monitor.store.postgres import PostgresStore
+    from monitor.store.postgres_schema import Location, Migration, load_migrations, migrate
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A fresh schema name, dropped after the test."""
+    name = f"test_pg_{uuid.uuid4().hex[:16]}"
+    yield name
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def worker(schema: str) -> Callable[..., PostgresStore]:
+    """A factory of stores on one schema: each is a worker of its own (its own pool)."""
+    return lambda **kw: PostgresStore(DSN, schema=schema, **kw)
+
+
+@pytest.fixture
+async def pair(worker: Callable[..., PostgresStore]) -> AsyncIterator[list[PostgresStore]]:
+    """Two open workers, opened at once (their migrations race)."""
+    stores = [worker(), worker()]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def admin(query: str, *params: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        cursor = conn.execute(query, params or None)
+        return cursor.fetchall() if cursor.description is not None else []
+
+
+# --- several workers ---------------------------------------------------------------------------
+
+
+async def test_workers_starting_together_migrate_once(pair: list[PostgresStore]) -> None:
+    versions = admin(f"SELECT version FROM {pair[0].schema}.monitor_schema")
+    assert versions == [(m.version,) for m in load_migrations()]
+
+
+async def test_workers_claiming_at_once_each_get_other_feeds(pair: list[PostgresStore]) -> None:
+    first, second = pair
+    names = [f"f{i:03}" for i in range(300)]
+    await asyncio.gather(
+        first.sync_feeds([spec(n) for n in names], T0),
+        second.sync_feeds([spec(n) for n in names], T0),
+    )
+
+    async def drain(store: PostgresStore) -> list[str]:
+        got: list[str] = []
+        while batch := await store.claim_due_feeds(T0 + HOUR, 7, HOUR):
+            got += [s.name for s in batch]
+        return got
+
+    claimed = await asyncio.gather(*(drain(s) for s in (first, second, first, second)))
+    together = [name for batch in claimed for name in batch]
+    assert sorted(together) == names  # every feed once, none twice
+    assert all(claimed)  # and the work was shared
+
+
+async def test_a_dead_workers_feeds_are_claimed_after_its_lease(
+    pair: list[PostgresStore],
+) -> None:
+    first, second = pair
+    await first.sync_feeds([spec("a"), spec("b")], T0)
+    assert len(await first.claim_due_feeds(T0 + MINUTE, 10, 5 * MINUTE)) == 2
+    await first.close()  # it never finishes its polls
+    assert await second.claim_due_feeds(T0 + 5 * MINUTE, 10, HOUR) == []
+    taken = await second.claim_due_feeds(T0 + 6 * MINUTE, 10, HOUR)
+    assert sorted(s.name for s in taken) == ["a", "b"]
+
+
+async def test_workers_dispatching_at_once_each_send_other_deliveries(
+    pair: list[PostgresStore],
+) -> None:
+    first, second = pair
+    await first.sync_feeds([spec("a")], T0)
+    keys = [f"k{i}" for i in range(200)]
+    await record(first, "a", [item(k) for k in keys], [alert(k) for k in keys])
+
+    async def send_all(store: PostgresStore) -> list[int]:
+        sent: list[int] = []
+        while batch := await store.claim_deliveries("tg", T0, 9, MINUTE):
+            for delivery in batch:
+                await store.mark_sent(delivery.id, T0)
+                sent.append(delivery.id)
+        return sent
+
+    done = await asyncio.gather(*(send_all(s) for s in (first, second, first, second)))
+    ids = [i for batch in done for i in batch]
+    assert len(ids) == len(set(ids)) == 200
+    assert await second.pending_count() == 0
+
+
+async def test_mutes_and_digest_times_are_shared(pair: list[PostgresStore]) -> None:
+    first, second = pair
+    await first.mute("sanctions", T0 + HOUR, now=T0)
+    await first.set_last_digest("mail", T0)
+    assert await second.mutes(T0) == {"sanctions": T0 + HOUR}
+    assert await second.last_digest("mail") == T0
+
+
+async def test_one_worker_at_a_time_holds_a_channels_digest_lock(
+    pair: list[PostgresStore],
+) -> None:
+    first, second = pair
+    entered = asyncio.Event()
+
+    async def second_digest() -> None:
+        async with second.digest_lock("mail"):
+            entered.set()
+
+    async with first.digest_lock("mail"):
+        waiting = asyncio.create_task(second_digest())
+        # Wait (bounded) until PostgreSQL shows the second worker waiting for the lock.
+        for _ in range(200):
+            if admin("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+                break
+            await asyncio.sleep(0.05)
+        assert not entered.is_set()
+        async with second.digest_lock("news"):  # another channel is not held up
+            pass
+    await asyncio.wait_for(waiting, timeout=30)
+    assert entered.is_set()
+
+
+# --- opening, migrations, access modes ---------------------------------------------------------
+
+
+async def test_a_failed_migration_leaves_the_schema_as_it_was(schema: str) -> None:
+    where = Location.of(DSN)
+    good = load_migrations()
+    bad = Migration(len(good) + 1, "9999_broken.sql", "CREATE TABLE half (x int); SELECT nope();")
+    async with await psycopg.AsyncConnection.connect(DSN) as conn:
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        await conn.commit()
+        await migrate(conn, good, where, schema)
+        with pytest.raises(StoreError, match=r"9999_broken.sql failed and was rolled back"):
+            await migrate(conn, [*good, bad], where, schema)
+    assert admin(f"SELECT max(version) FROM {schema}.monitor_schema") == [(len(good),)]
+    assert admin("SELECT to_regclass(%s)", f"{schema}.half") == [(None,)]
+
+
+async def test_a_schema_from_a_newer_version_is_refused(
+    worker: Callable[..., PostgresStore], schema: str
+) -> None:
+    async with worker():
+        pass
+    admin(f"INSERT INTO {schema}.monitor_schema (version) VALUES (99)")
+    with pytest.raises(StoreError, match="newer version"):
+        await worker().open()
+
+
+async def test_read_only_reads_beside_a_worker_and_refuses_writes(
+    worker: Callable[..., PostgresStore],
+) -> None:
+    async with worker() as running:
+        await running.sync_feeds([spec("a")], T0)
+        async with worker(read_only=True) as reader:
+            assert [s.name for s in await reader.feed_states()] == ["a"]
+            with pytest.raises(StoreError, match="read-only"):
+                await reader.revive_feeds(["a"], T0)
+
+
+async def test_shared_and_read_only_need_the_tables(worker: Callable[..., PostgresStore]) -> None:
+    for mode in ("read_only", "shared"):
+        with pytest.raises(StoreError, match="no schema"):
+            await worker(**{mode: True}).open()
+    async with worker() as running:
+        await running.sync_feeds([spec("a")], T0)
+        # `monitor feeds --retry` beside running workers: a short write.
+        async with worker(shared=True) as operator:
+            assert await operator.revive_feeds(["a"], T0 + HOUR) == ["a"]
+
+
+async def test_unreachable_postgresql_is_a_clear_error_without_the_password() -> None:
+    store = PostgresStore("postgresql://ann:s3cret-pw@127.0.0.1:1/monitor")
+    with pytest.raises(StoreError) as refused:
+        await store.open()
+    message = str(refused.value)
+    assert message.startswith("cannot connect to the PostgreSQL state postgresql://ann@127.0.0.1:1")
+    assert "s3cret" not in message
+    assert refused.value.__cause__ is None
+
+
+async def test_an_unknown_database_is_named(schema: str) -> None:
+    store = PostgresStore(DSN.rsplit("/", 1)[0] + "/no_such_db_here", schema=schema)
+    with pytest.raises(StoreError, match="no_such_db_here"):
+        await store.open()
+
+
+async def test_a_connection_lost_mid_run_is_a_store_error_then_recovers(
+    worker: Callable[..., PostgresStore], schema: str
+) -> None:
+    async with worker(application_name=schema) as store:
+        await store.sync_feeds([spec("a")], T0)
+        admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            schema,
+        )
+        with pytest.raises(StoreError, match="connection failed or lost"):
+            await store.feed_states()  # the pool's one connection was cut
+        for _ in range(20):  # the pool replaces the broken connections
+            try:
+                assert [s.name for s in await store.feed_states()] == ["a"]
+                break
+            except StoreError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the store did not recover from a lost connection")
