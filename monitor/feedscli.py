@@ -16,16 +16,33 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.text import Text
+
+from monitor import terminal
 from monitor.config import find_config, load_config
 from monitor.errors import ConfigError, MonitorError
 from monitor.health import span
 from monitor.logs import redact, register_secret
 from monitor.models import Config, FeedState
 from monitor.store import SQLiteStore, open_store
+from monitor.terminal import Column
 
 OK, FAILED, INVALID = 0, 1, 2
 #: Longest last error shown in the table (the JSON output has all of it).
 ERROR_WIDTH = 60
+#: The table's columns; the feed's name and its last error are cut on a narrow terminal.
+COLUMNS = (
+    Column("FEED", flexible=True),
+    Column("STATUS"),
+    Column("LAST SUCCESS"),
+    Column("FAILS"),
+    Column("NEXT POLL"),
+    Column("ITEMS"),
+    Column("EVERY"),
+    Column("ERROR", flexible=True),
+)
+#: How each status word is shown on a colour terminal.
+STYLES = {"ok": "green", "failing": "yellow", "dead": "bold red", "new": "cyan"}
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -77,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
         for state in states:
             print(redact(json.dumps(as_json(state), ensure_ascii=False)))
     else:
-        print(redact(table(states, now, names)))
+        terminal.print_table(terminal.console(), COLUMNS, table(states, now, names))
     return OK
 
 
@@ -114,31 +131,28 @@ def _ago(when: datetime | None, now: datetime) -> str:
     return f"{span(now - when)} ago" if when <= now else f"in {span(when - now)}"
 
 
-def table(states: Sequence[FeedState], now: datetime, order: Sequence[str]) -> str:
-    """The feeds as an aligned text table, in config order."""
+def table(states: Sequence[FeedState], now: datetime, order: Sequence[str]) -> list[list[Text]]:
+    """The rows of the feeds table (`COLUMNS`), in config order, secrets redacted."""
     rank = {name: i for i, name in enumerate(order)}
-    rows = [("FEED", "STATUS", "LAST SUCCESS", "FAILS", "NEXT POLL", "ITEMS", "EVERY", "ERROR")]
+    rows = []
     for s in sorted(states, key=lambda s: rank.get(s.name, len(rank))):
-        error = s.dead_reason or s.last_error
-        rows.append(
-            (
-                s.name,
-                status(s, now),
-                _ago(s.last_success_at, now),
-                str(s.consecutive_failures),
-                "never (dead)" if s.dead_since else _ago(s.next_poll_at, now),
-                str(s.items_seen),
-                span(s.cadence) if s.cadence else "-",
-                error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        (
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        ).rstrip()
-        for row in rows
-    )
+        # Redacted before any cut: a cut secret would no longer be recognised.
+        error = redact(s.dead_reason or s.last_error)
+        word = status(s, now)
+        cells = [
+            redact(s.name),
+            word,
+            _ago(s.last_success_at, now),
+            str(s.consecutive_failures),
+            "never (dead)" if s.dead_since else _ago(s.next_poll_at, now),
+            str(s.items_seen),
+            span(s.cadence) if s.cadence else "-",
+            error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
+        ]
+        row = [Text(cell) for cell in cells]
+        row[1].stylize(STYLES[word.split()[0]])
+        rows.append(row)
+    return rows
 
 
 def _iso(when: datetime | None) -> str | None:

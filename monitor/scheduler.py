@@ -132,15 +132,25 @@ class PollScheduler:
         if self._on_done is not None:
             self._on_done(outcome)
 
-    async def poll_all(self) -> list[PollOutcome]:
-        """Poll every configured feed now, due or not, `slots` at a time (`monitor once`)."""
+    async def poll_all(
+        self, progress: Callable[[PollOutcome], None] | None = None
+    ) -> list[PollOutcome]:
+        """Poll every configured feed now, due or not, `slots` at a time (`monitor once`).
+
+        `progress`, when given, is called on the loop with each outcome as its poll ends (for
+        a progress display); it must return quickly and not raise. Outcomes are returned in
+        the order of the feeds, whatever order the polls end in.
+        """
         limit = asyncio.Semaphore(self._slots)
         states = {s.name: s for s in await self._poller.store.feed_states()}
 
         async def one(feed: FeedSpec) -> PollOutcome:
             async with limit:
                 state = states.get(feed.name) or FeedState(name=feed.name, url=feed.url)
-                return await self._poller.poll(feed, state)
+                outcome = await self._poller.poll(feed, state)
+            if progress is not None:
+                progress(outcome)
+            return outcome
 
         return list(await asyncio.gather(*(one(f) for f in self._feeds.values())))
 

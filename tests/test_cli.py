@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -10,14 +13,48 @@ import threading
 from pathlib import Path
 
 from tests.builders import rss, write_config
+from tests.fakebot import FakeBot
 from tests.feedserver import FeedServer
+from tests.smtpserver import SmtpServer
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Escape sequences (colour, cursor movement) and carriage returns: a progress display's marks.
+TERMINAL_CONTROL = re.compile(r"\x1b\[|\r")
+#: Environment variables that would make rich draw for a terminal where there is none.
+FORCING = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "NO_COLOR")
+
+
+HEADER = re.compile(r"[A-Z]+(?: [A-Z]+)*(?:  +[A-Z]+(?: [A-Z]+)*)*")
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in FORCING}
+    return {**env, **extra}
+
+
+def tables(out: str) -> dict[str, list[dict[str, str]]]:
+    """Each piped table in `out` (blocks of lines after a blank line, the first one a header
+    of capitalised words) as rows of {column: cell}, by its first column's name; cells are
+    cut at the header's column starts."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for block in out.split("\n\n")[1:]:
+        header, *lines = block.strip("\n").splitlines()
+        if not HEADER.fullmatch(header):
+            continue
+        names = re.findall(r"[A-Z]+(?: [A-Z]+)*", header)
+        starts = [header.index(n) for n in names]
+        ends = [*starts[1:], None]
+        found[names[0]] = [
+            {n: line[a:b].strip() for n, a, b in zip(names, starts, ends, strict=True)}
+            for line in lines
+        ]
+    return found
 
 
 def monitor(
-    *args: str, cwd: Path | None = None, timeout: float = 60
+    *args: str, cwd: Path | None = None, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Run `monitor ARGS...` with its output piped (not a terminal)."""
     return subprocess.run(
         [sys.executable, "-m", "monitor", *args],
         capture_output=True,
@@ -25,6 +62,7 @@ def monitor(
         cwd=cwd or ROOT,
         timeout=timeout,
         check=False,
+        env=plain_env(**(env or {})),
     )
 
 
@@ -134,6 +172,9 @@ rules:
     assert result.returncode == 0, result.stderr
     assert "polled 2 feeds (1 failed)" in result.stderr
     assert "failed: gone: HTTP 404" in result.stderr
+    # Piped: log lines and the summary, and no progress display in between.
+    assert not TERMINAL_CONTROL.search(result.stdout + result.stderr)
+    assert "polling feeds" not in result.stderr
 
 
 def test_second_process_on_the_same_state_refuses(tmp_path: Path, feed_server: FeedServer) -> None:
@@ -209,7 +250,9 @@ rules:
     )
     result = monitor("check", "-c", str(good))
     assert result.returncode == 0, result.stderr
-    assert "codes (regex rules are slower)" in result.stdout
+    assert "regex rules are slower (searched item by item): codes" in result.stdout
+    rules = tables(result.stdout)["RULE"]
+    assert rules[0]["MATCHES"] == r"/\b[A-Z]{3}-\d{3}\b/ OR title:UN"
     bad = write_config(
         tmp_path / "bad.yaml",
         """\
@@ -227,3 +270,254 @@ rules:
         "    sanction* AND",
         "                 ^",
     ]
+
+
+# --- tables, pipes and terminals ----------------------------------------------------------------
+
+
+def test_check_prints_the_feeds_rules_and_channels_it_checked_as_tables(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "monitor.yaml",
+        """\
+feeds:
+  - {name: Wire, url: 'https://news.example/wire.xml', tags: [world, markets], interval: 2m}
+  - {name: '[Regional] Desk', url: 'https://news.example/regional.xml', adaptive: true}
+channels:
+  screen: {type: console}
+  archive: {type: jsonl, path: alerts.jsonl}
+admin: {channel: screen}
+rules:
+  - name: sanctions
+    all: [russia]
+    any: [sanction*, '"asset freeze"']
+    none: [football]
+    feeds: {tags: [world]}
+    notify: [archive]
+  - {name: talks, query: 'talks AND NOT sport', fields: [title]}
+""",
+    )
+    result = monitor("check", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:3] == [
+        f"{path}: valid",
+        "2 feeds, 2 rules, 2 channels",
+        f"state sqlite://{tmp_path / 'monitor.db'}, timezone UTC",
+    ]
+    found = tables(result.stdout)
+    assert set(found) == {"FEED", "RULE", "CHANNEL"}
+    feeds = {row["FEED"]: row for row in found["FEED"]}
+    assert feeds["Wire"] == {
+        "FEED": "Wire",
+        "URL": "https://news.example/wire.xml",
+        "EVERY": "2 min",
+        "TAGS": "markets, world",
+    }
+    assert feeds["[Regional] Desk"]["EVERY"] == "5 min adaptive"  # names are never markup
+    rules = {row["RULE"]: row for row in found["RULE"]}
+    assert rules["sanctions"]["MATCHES"] == (
+        'russia AND (sanction* OR "asset freeze") AND NOT football'
+    )
+    assert rules["sanctions"]["FEEDS"] == "tag world"
+    assert rules["sanctions"]["NOTIFY"] == "archive"
+    assert rules["talks"] == {
+        "RULE": "talks",
+        "MATCHES": "talks AND NOT sport",
+        "FIELDS": "title",
+        "FEEDS": "every feed",
+        "NOTIFY": "archive",  # every channel but the admin channel
+    }
+    channels = {row["CHANNEL"]: row for row in found["CHANNEL"]}
+    assert channels["screen"]["SENDS TO"] == "standard output; feed-health notices"
+    assert channels["archive"]["SENDS TO"] == str(tmp_path / "alerts.jsonl")
+    assert not TERMINAL_CONTROL.search(result.stdout)
+
+
+def test_check_into_a_pipe_closed_early_exits_quietly(tmp_path: Path) -> None:
+    """`monitor check | head -1` on a config whose tables outgrow the pipe's buffer."""
+    feeds = "\n".join(
+        f"  - {{name: f{n}, url: 'https://news.example/{n}.xml'}}" for n in range(3000)
+    )
+    path = write_config(
+        tmp_path / "big.yaml", f"feeds:\n{feeds}\nrules:\n  - {{name: r, any: [x]}}\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "monitor", "check", "-c", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=plain_env(),
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what `head -1` does after its line
+        err = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    assert first == f"{path}: valid\n"
+    assert err == ""  # no traceback, no "Exception ignored"
+    assert code == 141  # as a writer killed by SIGPIPE
+
+
+def test_once_on_a_terminal_shows_progress_then_the_summary(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    feed_server.set("/a.xml", rss([("x", "Nothing here")]))
+    path = write_config(
+        tmp_path / "monitor.yaml",
+        f"""\
+feeds:
+  - {{name: a, url: '{feed_server.url("/a.xml")}'}}
+  - {{name: gone, url: '{feed_server.url("/gone.xml")}'}}
+rules:
+  - {{name: r, any: [talks]}}
+""",
+    )
+    output = on_a_terminal("once", "-c", str(path))
+    assert "polling feeds" in output or "sending alerts" in output  # the progress display
+    assert "polled 2 feeds (1 failed)" in output
+    assert "failed: gone: HTTP 404" in output
+
+
+def on_a_terminal(*args: str) -> str:
+    """Run `monitor ARGS...` with standard output and error on a pseudo-terminal: all it
+    wrote there."""
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "monitor", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        cwd=ROOT,
+        env=plain_env(TERM="xterm-256color", COLUMNS="100"),
+    ) as proc:
+        os.close(follower)
+        watchdog = threading.Timer(60, proc.kill)  # never hang the suite
+        watchdog.start()
+        chunks = []
+        try:
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            watchdog.cancel()
+            os.close(leader)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+# --- JSON logs and secrets, end to end ----------------------------------------------------------
+
+FEED_PASSWORD = "feed-Pa55-x7q"
+SMTP_PASSWORD = "smtp-Pa55-w0rd-k4"
+
+
+def secret_config(tmp_path: Path, feeds: FeedServer, bot: FakeBot, smtp: SmtpServer) -> Path:
+    """A feed behind URL credentials with one matching item, alerting a Telegram channel
+    (token from the environment) and an email channel (password from the environment)."""
+    feeds.set("/wire.xml", rss([("c1", "Sanctions talks collapse")]))
+    url = feeds.url("/wire.xml").replace("http://", f"http://reader:{FEED_PASSWORD}@")
+    return write_config(
+        tmp_path / "monitor.yaml",
+        f"""\
+state: state.db
+feeds:
+  - name: wire
+    url: '{url}'
+    first_fetch: {{backfill: 1}}
+channels:
+  desk:
+    type: telegram
+    token: ${{BOT_TOKEN}}
+    chat_id: 42
+    api_url: {bot.api_url}
+  analysts:
+    type: email
+    smtp: {{host: 127.0.0.1, port: {smtp.port}, security: none, user: alerts,
+            password: '${{SMTP_PASSWORD}}'}}
+    from: alerts@monitor.example
+    to: [desk@news.example]
+rules:
+  - {{name: sanctions, any: [sanction*]}}
+""",
+    )
+
+
+def assert_no_secrets(text: str, bot: FakeBot) -> None:
+    for secret in (bot.token, bot.token.partition(":")[2], SMTP_PASSWORD, FEED_PASSWORD):
+        assert secret not in text
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    """Every line of `text` as a JSON log record (fails on any other line)."""
+    records = [json.loads(line) for line in text.splitlines()]
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= set(record), record
+    return records
+
+
+def test_once_with_json_logs_delivers_and_never_shows_a_secret(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    with FakeBot() as bot, SmtpServer(user="alerts", password=SMTP_PASSWORD) as smtp:
+        path = secret_config(tmp_path, feed_server, bot, smtp)
+        env = {"BOT_TOKEN": bot.token, "SMTP_PASSWORD": SMTP_PASSWORD}
+        once = monitor(
+            "once", "-c", str(path), "--log-format", "json", "--log-level", "debug", env=env
+        )
+        assert once.returncode == 0, once.stderr
+        assert [s.chat_id for s in bot.sent] == ["42"]
+        assert len(smtp.received) == 1
+        check = monitor("check", "-c", str(path), env=env)
+        feeds = monitor("feeds", "-c", str(path), env=env)
+        feeds_json = monitor("feeds", "-c", str(path), "--json", env=env)
+    records = json_lines(once.stderr)  # standard error holds JSON lines only
+    messages = [str(r["message"]) for r in records]
+    assert any(r.get("feed") == "wire" and "polled" in str(r["message"]) for r in records)
+    assert messages[-1].startswith("polled 1 feeds (0 failed): 1 new items, 1 alerts; sent 2")
+    assert check.returncode == feeds.returncode == feeds_json.returncode == 0
+    assert "<redacted>@127.0.0.1" in check.stdout  # the feed's URL, shown without its password
+    for result in (once, check, feeds, feeds_json):
+        assert_no_secrets(result.stdout + result.stderr, bot)
+
+
+def test_run_with_json_logs_logs_json_lines_only_and_never_a_secret(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    with FakeBot() as bot, SmtpServer(user="alerts", password=SMTP_PASSWORD) as smtp:
+        path = secret_config(tmp_path, feed_server, bot, smtp)
+        with subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "-c", str(path), "--log-format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=plain_env(BOT_TOKEN=bot.token, SMTP_PASSWORD=SMTP_PASSWORD),
+        ) as proc:
+            try:
+                bot.wait_for_sent(1, timeout=45)  # safety nets: both return once delivered
+                smtp.wait_for(1, timeout=45)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    messages = [str(r["message"]) for r in json_lines(err)]
+    assert any(m.startswith("running: 1 feeds") for m in messages)
+    assert "shutting down" in messages
+    assert_no_secrets(out + err, bot)
+
+
+def test_an_invalid_config_is_a_json_record_with_json_logs(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "bad.yaml", "feeds:\n  - url: https://news.example/a.xml\n    intervl: 5m\n"
+    )
+    result = monitor("run", "-c", str(path), "--log-format", "json")
+    assert result.returncode == 2
+    (record,) = json_lines(result.stderr)
+    assert record["level"] == "error"
+    assert f"{path}:3: feeds[0].intervl: unknown key 'intervl'" in str(record["message"])

@@ -4,6 +4,7 @@ real state file, and a real daemon holding that file for the commands run beside
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import time
@@ -12,10 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from monitor import cli
+from monitor import cli, feedscli, terminal
 from monitor.config import load_config
 from monitor.daemon import Daemon
+from monitor.logs import register_secret
+from monitor.models import FeedState
 from tests.builders import rss, write_config
 from tests.feedserver import FeedServer
 
@@ -361,3 +365,38 @@ async def test_feeds_and_retry_work_beside_a_running_daemon(
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=PATIENCE)
+
+
+# --- the table itself ---------------------------------------------------------------------------
+
+
+def test_the_table_redacts_before_cutting_and_colours_the_status_on_a_terminal() -> None:
+    now = datetime.now(UTC)
+    secret = "Zq8-feed-key-Zq8"
+    register_secret(secret)
+    states = [
+        FeedState(name="fine", url="https://a.example/", last_success_at=now),
+        FeedState(
+            name="keyed",
+            url="https://b.example/",
+            failing_since=now,
+            consecutive_failures=1,
+            # The secret straddles the cut at ERROR_WIDTH: cut first, its start would show.
+            last_error="x" * (feedscli.ERROR_WIDTH - 8) + secret,
+        ),
+        FeedState(name="gone", url="https://c.example/", dead_since=now, dead_reason="HTTP 410"),
+    ]
+    rows = feedscli.table(states, now, ["gone", "keyed", "fine"])
+    assert [row[0].plain for row in rows] == ["gone", "keyed", "fine"]  # config order
+    error = rows[1][-1].plain
+    assert "Zq8" not in error
+    assert error.startswith("x" * (feedscli.ERROR_WIDTH - 8) + "<red")
+    assert len(error) == feedscli.ERROR_WIDTH
+
+    buffer = io.StringIO()
+    out = Console(file=buffer, force_terminal=True, width=100, color_system="standard")
+    terminal.print_table(out, feedscli.COLUMNS, rows)
+    shown = buffer.getvalue()
+    assert "\x1b[32mok" in shown  # green
+    assert "\x1b[1;31mdead" in shown  # bold red
+    assert "Zq8" not in shown

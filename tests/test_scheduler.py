@@ -198,3 +198,16 @@ async def test_no_claims_after_drain() -> None:
         assert scheduler.in_flight == 0
         assert len(fetcher.fetched) == 2  # the two in flight finished; nothing new started
         assert len(await store.claim_due_feeds(clock.now, 100, timedelta(minutes=1))) == 8
+
+
+async def test_poll_all_reports_each_outcome_as_its_poll_ends() -> None:
+    clock = Clock()
+    names = [f"f{n}" for n in range(7)]
+    async with scheduler_for(names, 3, clock) as (scheduler, fetcher, _store, done):
+        seen: list[tuple[str, int]] = []
+        outcomes = await scheduler.poll_all(lambda o: seen.append((o.feed, fetcher.now)))
+
+    assert [o.feed for o in outcomes] == names  # in config order, whatever order polls end
+    assert sorted(feed for feed, _ in seen) == names  # each reported once
+    assert all(in_flight < 3 for _, in_flight in seen)  # after its fetch, not before
+    assert done == []  # poll_all does not feed the daemon's per-poll hook
