@@ -48,6 +48,8 @@ USER_AGENT = f"monitor/{__version__} (news monitoring daemon; polite conditional
 TICK = 1.0
 #: Seconds polls and sends in flight get to finish at shutdown.
 GRACE = 5.0
+#: Seconds before trying again to lead bot commands after the store failed to answer.
+LEAD_RETRY = 30.0
 #: Seconds between repeats of a standing "cannot claim due feeds" error in the log.
 REPEAT_ERROR = 60.0
 
@@ -197,7 +199,7 @@ class Daemon:
                 continue
             _, allow = bots.setdefault(settings.token, (notifier, set()))
             allow.update(settings.commands.allow)
-            log.info("answering bot commands", extra={"channel": name})
+            log.info("bot commands enabled", extra={"channel": name})
         return [
             CommandListener(n.bot, token, allow, ctx, self._pacers.setdefault(token, Pacer()))
             for token, (n, allow) in bots.items()
@@ -243,10 +245,12 @@ class Daemon:
             )  # fmt: skip
         jobs.start()
         await self._catch_up_digests()
-        listeners = [
-            asyncio.get_running_loop().create_task(listener.run())
-            for listener in self.command_listeners()
-        ]
+        commands = self.command_listeners()
+        listeners = (
+            [asyncio.get_running_loop().create_task(self._answer_commands(commands))]
+            if commands
+            else []
+        )
         log.info(
             "running: %d feeds, %d rules, %d channels, state %s",
             len(self.config.feeds),
@@ -282,6 +286,28 @@ class Daemon:
                     await asyncio.gather(task, return_exceptions=True)
             await digests
             log.info("stopped; %d deliveries pending", await self.store.pending_count())
+
+    async def _answer_commands(self, listeners: Sequence[CommandListener]) -> None:
+        """Run the bot-command listeners while this worker leads "bot commands": Telegram
+        lets one process read a bot's updates, so among several workers on one PostgreSQL
+        database one answers, and another takes over when it dies. Until cancelled."""
+        while True:
+            try:
+                async with self.store.lead("bot commands") as lost:
+                    log.info("this worker answers bot commands")
+                    tasks = [asyncio.get_running_loop().create_task(x.run()) for x in listeners]
+                    try:
+                        await lost.wait()
+                    finally:
+                        for task in tasks:
+                            task.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
+                    log.warning("lost the lead for bot commands (database connection); retrying")
+            except StoreError as exc:
+                log.warning(
+                    "cannot take the lead for bot commands, again in %gs: %s", LEAD_RETRY, exc
+                )
+                await asyncio.sleep(LEAD_RETRY)
 
     async def _warn_orphans(self) -> None:
         """Pending deliveries for a channel no longer configured are never sent: say so."""

@@ -8,6 +8,7 @@ the store's state.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -687,3 +688,9 @@ class MemoryStore:
         """Nothing to hold: only this process uses a memory store."""
         self._check()
         yield
+
+    @asynccontextmanager
+    async def lead(self, role: str) -> AsyncIterator[asyncio.Event]:
+        """Granted at once: only this process uses a memory store."""
+        self._check()
+        yield asyncio.Event()

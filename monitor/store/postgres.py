@@ -53,6 +53,10 @@ T = TypeVar("T")
 POOL_SIZE = 8
 #: Seconds to wait for PostgreSQL to accept a connection, or for a free pooled one.
 CONNECT_TIMEOUT = 10
+#: Seconds between tries for a role another worker leads (`lead`), and between checks that
+#: the connection holding a lead is alive.
+LEAD_RETRY = 15.0
+LEAD_CHECK = 10.0
 
 
 def split_state(state: str) -> tuple[str, str | None]:
@@ -99,7 +103,10 @@ class PostgresStore:
         self.shared = shared and not read_only
         #: How the workers' connections show in pg_stat_activity.
         self.application_name = application_name
-        self._pool_size = max(pool_size, 2)  # a digest lock holds one connection while it waits
+        # A lead holds one connection for good, and a digest lock one while it waits.
+        self._pool_size = max(pool_size, 3)
+        #: Seconds between tries for a role another worker leads; between liveness checks.
+        self.lead_retry, self.lead_check = LEAD_RETRY, LEAD_CHECK
         self._pool: AsyncConnectionPool[Conn] | None = None
         #: The schema found at open: lock keys and the pool's search_path use it.
         self._schema = ""
@@ -397,6 +404,54 @@ class PostgresStore:
             yield
         finally:
             await self._unlock(pool, conn, key if held else None)
+
+    @contextlib.asynccontextmanager
+    async def lead(self, role: str) -> AsyncIterator[asyncio.Event]:
+        """A session advisory lock for `role`, tried every `lead_retry` seconds until this
+        worker gets it, on a connection of its own checked every `lead_check` seconds: when
+        that connection dies, PostgreSQL has dropped the lock (another worker may take it),
+        and `lost` is set."""
+        pool = self._require()
+        key = (LOCK_CLASS, lock_key("lead", self._schema, role))
+        conn = await self._take_lead(pool, key)
+        lost = asyncio.Event()
+        watch = asyncio.get_running_loop().create_task(self._watch_lead(conn, lost))
+        try:
+            yield lost
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            await self._unlock(pool, conn, None if lost.is_set() else key)
+
+    async def _take_lead(self, pool: AsyncConnectionPool[Conn], key: tuple[int, int]) -> Conn:
+        while True:
+            try:
+                conn = await pool.getconn()
+            except psycopg.Error as exc:
+                raise StoreError(describe_error(self.where, exc)) from exc
+            try:
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
+                row = await cursor.fetchone()
+                await conn.commit()
+            except BaseException as exc:
+                await self._unlock(pool, conn, None)
+                if isinstance(exc, psycopg.Error):
+                    raise StoreError(describe_error(self.where, exc)) from exc
+                raise
+            if row is not None and row[0]:
+                return conn
+            await pool.putconn(conn)
+            await asyncio.sleep(self.lead_retry)
+
+    async def _watch_lead(self, conn: Conn, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lead_check)
+            try:
+                await conn.execute("SELECT 1")
+                await conn.commit()
+            except psycopg.Error:
+                lost.set()
+                return
 
     async def _unlock(
         self, pool: AsyncConnectionPool[Conn], conn: Conn, key: tuple[int, int] | None

@@ -6,6 +6,7 @@ Implementations: `MemoryStore` (reference, for tests and `state: memory:`), `SQL
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -420,4 +421,14 @@ class Store(Protocol):
         one worker, and claims found under it belong to no live digest. A store only one
         process can use (memory; SQLite, by its instance lock) has nothing to hold. Released
         when the block ends, or when the holder dies. StoreError when it cannot be taken."""
+        ...
+
+    def lead(self, role: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """`async with store.lead(role) as lost:` waits until this process is the only one
+        among all processes using this store doing `role` (e.g. "bot commands": Telegram lets
+        one process read a bot's updates), and keeps it so until the block ends. `lost` is
+        set if that hold is lost meanwhile (the database connection holding it died): the
+        holder must stop doing `role` and leave the block. A store only one process can use
+        (memory; SQLite, by its instance lock) grants it at once and never loses it.
+        StoreError when the store is closed or cannot be reached."""
         ...

@@ -645,3 +645,10 @@ class SQLiteStore:
         if self._executor is None:
             raise StoreError(f"state file {self.path} is not open")
         yield
+
+    @contextlib.asynccontextmanager
+    async def lead(self, role: str) -> AsyncIterator[asyncio.Event]:
+        """Granted at once: the instance lock keeps every other daemon off the file."""
+        if self._executor is None:
+            raise StoreError(f"state file {self.path} is not open")
+        yield asyncio.Event()

@@ -206,3 +206,23 @@ async def test_the_digest_lock_needs_an_open_store(new_store: Callable[[], Store
     with pytest.raises(StoreError, match="not open"):
         async with new_store().digest_lock("mail"):
             pass
+
+
+# --- lead (one worker does a role) -------------------------------------------------------------
+
+
+async def test_a_lone_process_leads_at_once_and_keeps_it(store: Store) -> None:
+    async with store.lead("bot commands") as lost:
+        assert not lost.is_set()
+        async with store.lead("another role") as other:
+            assert not other.is_set()
+    async with store.lead("bot commands") as again:  # released when the block ended
+        assert not again.is_set()
+
+
+async def test_leading_needs_an_open_store(new_store: Callable[[], Store]) -> None:
+    from monitor.errors import StoreError
+
+    with pytest.raises(StoreError, match="not open"):
+        async with new_store().lead("bot commands"):
+            pass

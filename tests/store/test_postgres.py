@@ -151,6 +151,45 @@ async def test_one_worker_at_a_time_holds_a_channels_digest_lock(
     assert entered.is_set()
 
 
+async def test_one_worker_leads_a_role_and_another_takes_over_when_it_leaves(
+    pair: list[PostgresStore],
+) -> None:
+    first, second = pair
+    second.lead_retry = 0.05
+    led = asyncio.Event()
+
+    async def second_leads() -> None:
+        async with second.lead("bot commands"):
+            led.set()
+
+    async with first.lead("bot commands") as lost:
+        waiting = asyncio.create_task(second_leads())
+        for _ in range(10):  # several tries of the second worker, all refused
+            await asyncio.sleep(0.05)
+        assert not led.is_set()
+        assert not lost.is_set()
+    await asyncio.wait_for(waiting, timeout=30)
+    assert led.is_set()
+
+
+async def test_a_lead_whose_connection_dies_is_lost_and_free_for_another(
+    worker: Callable[..., PostgresStore], schema: str
+) -> None:
+    async with worker(application_name=schema) as first, worker() as second:
+        first.lead_check = 0.05
+        second.lead_retry = 0.05
+        async with first.lead("bot commands") as lost:
+            admin(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                schema,
+            )
+            await asyncio.wait_for(lost.wait(), timeout=30)
+            # PostgreSQL dropped the lock with the connection: another worker gets it.
+            async with asyncio.timeout(30), second.lead("bot commands") as other:
+                assert not other.is_set()
+
+
 # --- opening, migrations, access modes ---------------------------------------------------------
 
 

@@ -1,0 +1,76 @@
+"""Daemons sharing one PostgreSQL database, in one process: what only several workers show.
+Runs when MONITOR_TEST_POSTGRES holds a DSN (the 3-process run is tests/test_scaleout.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from monitor.config import load_config
+from monitor.daemon import Daemon
+from tests.builders import rss, write_config
+from tests.fakebot import FakeBot
+from tests.feedserver import FeedServer
+
+DSN = os.environ.get("MONITOR_TEST_POSTGRES", "")
+pytestmark = pytest.mark.skipif(not DSN, reason="set MONITOR_TEST_POSTGRES to run it")
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    import psycopg
+    from psycopg import sql
+
+    name = f"test_daemons_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+async def test_one_worker_answers_a_bot_command(
+    tmp_path: Path, feed_server: FeedServer, schema: str
+) -> None:
+    """Telegram lets one process read a bot's updates: two workers with commands enabled
+    must not both answer (nor fight with 409 Conflict); one leads, the other waits."""
+    feed_server.set("/wire.xml", rss([]), validators=False)
+    separator = "&" if "?" in DSN else "?"
+    with FakeBot() as bot:
+        path = write_config(
+            tmp_path / "monitor.yaml",
+            f"""
+state: {DSN}{separator}schema={schema}
+feeds:
+  - name: wire
+    url: {feed_server.url("/wire.xml")}
+    interval: 1h
+channels:
+  desk:
+    type: telegram
+    token: {bot.token}
+    chat_id: 42
+    api_url: {bot.api_url}
+    commands: {{allow: [42]}}
+rules:
+  - name: talks
+    query: talks
+    notify: [desk]
+""",
+        )
+        config = load_config(path)
+        stop = asyncio.Event()
+        async with Daemon(config) as first, Daemon(config) as second:
+            runs = [asyncio.create_task(d.run(stop)) for d in (first, second)]
+            try:
+                bot.push_message("/status", chat_id=42)
+                await bot.wait_for_sent_async(1, timeout=30)
+                await asyncio.sleep(1.0)  # room for a second answer, which must not come
+            finally:
+                stop.set()
+                await asyncio.gather(*runs)
+        answers = [s for s in bot.sent if s.chat_id == "42"]
+        assert len(answers) == 1
