@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from monitor.models import Alert, Item, Match
+from monitor.errors import StoreError
+from monitor.models import Alert, CacheInfo, Item, Match
 from monitor.store.codec import opt_utc, utc
 
 #: A stored item's last-seen time is rewritten only when older than this: a feed listing the
@@ -133,3 +134,21 @@ def next_cadence(
     if cadence is None:
         return gap
     return cadence * (1 - CADENCE_WEIGHT) + gap * CADENCE_WEIGHT
+
+
+#: One 304 to record (`Store.record_not_modified`, batched by `batch.Batcher`): feed, now,
+#: next poll, new validators (None: keep the stored ones).
+NotModified = tuple[str, datetime, datetime, CacheInfo | None]
+
+
+def unstorable(poll: NotModified) -> StoreError | None:
+    """Why a 304 cannot be written (text that is not valid Unicode), checked before a batch's
+    transaction so that one bad row cannot fail the others; None when it can."""
+    feed, _, _, cache = poll
+    texts = (feed, "") if cache is None else (feed, cache.etag or "", cache.last_modified or "")
+    try:
+        for text in texts:
+            text.encode()
+    except UnicodeEncodeError as exc:
+        return StoreError(f"feed {feed!r}: validator is not valid Unicode: {exc}")
+    return None

@@ -33,7 +33,8 @@ from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item
 from monitor.store import postgres_feeds as feeds_sql
 from monitor.store import postgres_health as health_sql
 from monitor.store import postgres_outbox as outbox_sql
-from monitor.store.common import clean_alert, clean_targets
+from monitor.store.batch import Batcher
+from monitor.store.common import NotModified, clean_alert, clean_targets
 from monitor.store.postgres_schema import (
     LOCK_CLASS,
     Conn,
@@ -111,6 +112,7 @@ class PostgresStore:
         #: The schema found at open: lock keys and the pool's search_path use it.
         self._schema = ""
         self._lifecycle = asyncio.Lock()
+        self._not_modified: Batcher[NotModified] = Batcher(self._record_not_modified)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where.label!r}, schema={self.schema!r})"
@@ -143,6 +145,8 @@ class PostgresStore:
 
     async def close(self) -> None:
         async with self._lifecycle:
+            if self._pool is not None:
+                await self._not_modified.drain()  # writes submitted before close are kept
             pool, self._pool = self._pool, None
             if pool is not None:
                 await pool.close()
@@ -279,7 +283,15 @@ class PostgresStore:
         next_poll_at: datetime,
         cache: CacheInfo | None = None,
     ) -> None:
-        await self._run(lambda c: feeds_sql.record_not_modified(c, feed, now, next_poll_at, cache))
+        # The 304s finishing at the same moment share one transaction and one statement (a
+        # warm cycle is thousands of them): see `batch.Batcher`.
+        await self._not_modified.submit((feed, now, next_poll_at, cache))
+
+    async def _record_not_modified(
+        self, polls: Sequence[NotModified]
+    ) -> Sequence[StoreError | None]:
+        polls = tuple(polls)
+        return await self._run(lambda c: feeds_sql.record_not_modified(c, polls))
 
     async def record_failure(
         self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False

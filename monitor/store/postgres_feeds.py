@@ -18,11 +18,13 @@ from monitor.sources.identity import fingerprint
 from monitor.store.codec import json_to_tags, matches_to_json, tags_to_json, utc
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
+    NotModified,
     delivery_targets,
     first_per_key,
     first_poll_at,
     next_cadence,
     stored_item,
+    unstorable,
 )
 from monitor.store.postgres_schema import Conn
 from monitor.store.protocol import Recorded
@@ -175,28 +177,39 @@ async def feed_states(conn: Conn) -> list[FeedState]:
     return sorted((feed_state(row) for row in await cursor.fetchall()), key=lambda s: s.name)
 
 
-async def record_not_modified(
-    conn: Conn, feed: str, now: datetime, next_poll_at: datetime, cache: CacheInfo | None
-) -> None:
+async def record_not_modified(conn: Conn, polls: Sequence[NotModified]) -> list[StoreError | None]:
+    """Record many 304s in one statement of one transaction; for each poll, in order, None or
+    the StoreError for it alone (a feed never synced, text that cannot be stored)."""
+    outcomes = [unstorable(poll) for poll in polls]
+    # A feed twice in one batch: its last 304 counts (one UPDATE row per feed).
+    last = {poll[0]: poll for poll, error in zip(polls, outcomes, strict=True) if error is None}
+    rows = list(last.values())
     await scheduling_only(conn)
     cursor = await conn.execute(
-        "UPDATE feeds SET next_poll_at = %(next)s, last_polled_at = %(now)s,"
-        " last_success_at = %(now)s, last_error = '', consecutive_failures = 0,"
+        "UPDATE feeds AS f SET next_poll_at = v.next, last_polled_at = v.now,"
+        " last_success_at = v.now, last_error = '', consecutive_failures = 0,"
         " failing_since = NULL, lease_until = NULL,"
-        " etag = CASE WHEN %(replace)s THEN %(etag)s ELSE etag END,"
-        " last_modified = CASE WHEN %(replace)s THEN %(last_modified)s ELSE last_modified END"
-        " WHERE name = %(feed)s",
-        {
-            "next": utc(next_poll_at),
-            "now": utc(now),
-            "replace": cache is not None,
-            "etag": None if cache is None else cache.etag,
-            "last_modified": None if cache is None else cache.last_modified,
-            "feed": feed,
-        },
+        " etag = CASE WHEN v.replace THEN v.etag ELSE f.etag END,"
+        " last_modified = CASE WHEN v.replace THEN v.last_modified ELSE f.last_modified END"
+        " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bool[],"
+        " %s::text[], %s::text[]) AS v(name, now, next, replace, etag, last_modified)"
+        " WHERE f.name = v.name RETURNING f.name",
+        (
+            [feed for feed, _, _, _ in rows],
+            [utc(now) for _, now, _, _ in rows],
+            [utc(next_poll_at) for _, _, next_poll_at, _ in rows],
+            [cache is not None for _, _, _, cache in rows],
+            [None if cache is None else cache.etag for _, _, _, cache in rows],
+            [None if cache is None else cache.last_modified for _, _, _, cache in rows],
+        ),
     )
-    if cursor.rowcount == 0:
-        await require_feed(conn, feed)
+    found = {row[0] for row in await cursor.fetchall()}
+    return [
+        error
+        if error is not None or poll[0] in found
+        else StoreError(f"unknown feed {poll[0]!r}: sync_feeds never saw it")
+        for poll, error in zip(polls, outcomes, strict=True)
+    ]
 
 
 async def record_failure(

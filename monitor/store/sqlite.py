@@ -33,7 +33,7 @@ from monitor.store import sqlite_health as health_sql
 from monitor.store import sqlite_mutes as mutes_sql
 from monitor.store import sqlite_outbox as outbox_sql
 from monitor.store.batch import Batcher
-from monitor.store.common import clean_targets
+from monitor.store.common import NotModified, clean_targets
 from monitor.store.protocol import OutboxStat, Pruned, Recorded
 from monitor.store.sqlite_schema import (
     InstanceLock,
@@ -203,7 +203,7 @@ class SQLiteStore:
         #: Set when the file was found corrupted: every later call fails with this message.
         self._broken: str | None = None
         self._lifecycle = asyncio.Lock()
-        self._not_modified: Batcher[feeds_sql.NotModified] = Batcher(self._record_not_modified)
+        self._not_modified: Batcher[NotModified] = Batcher(self._record_not_modified)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -493,7 +493,7 @@ class SQLiteStore:
         await self._not_modified.submit((feed, now, next_poll_at, cache))
 
     async def _record_not_modified(
-        self, polls: Sequence[feeds_sql.NotModified]
+        self, polls: Sequence[NotModified]
     ) -> Sequence[StoreError | None]:
         polls = tuple(polls)
         return await self._run(lambda c: feeds_sql.record_not_modified(c, polls))

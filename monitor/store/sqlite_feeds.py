@@ -25,6 +25,7 @@ from monitor.store.codec import (
 )
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
+    NotModified,
     clean_alert,
     clean_targets,
     delivery_targets,
@@ -32,6 +33,7 @@ from monitor.store.common import (
     first_poll_at,
     next_cadence,
     stored_item,
+    unstorable,
 )
 from monitor.store.protocol import Recorded
 from monitor.store.sqlite_schema import transaction
@@ -159,10 +161,6 @@ def feed_states(conn: sqlite3.Connection) -> list[FeedState]:
     return [_feed_state(row) for row in rows]
 
 
-#: One 304 to record: feed, now, next poll, new validators (None: keep the stored ones).
-NotModified = tuple[str, datetime, datetime, CacheInfo | None]
-
-
 def record_not_modified(
     conn: sqlite3.Connection, polls: Sequence[NotModified]
 ) -> list[StoreError | None]:
@@ -171,28 +169,20 @@ def record_not_modified(
     For each poll, in order: None, or the StoreError for it alone (a feed never synced, text
     that cannot be stored); those write nothing and do not stop the others.
     """
-    outcomes: list[StoreError | None] = []
+    outcomes = [unstorable(poll) for poll in polls]
     rows: list[tuple[int, dict[str, object]]] = []
-    for feed, now, next_poll_at, cache in polls:
-        etag = None if cache is None else cache.etag
-        last_modified = None if cache is None else cache.last_modified
-        try:  # checked before BEGIN: a lone surrogate would fail the whole transaction
-            for text in (feed, etag or "", last_modified or ""):
-                text.encode()
-        except UnicodeEncodeError as exc:
-            outcomes.append(StoreError(f"feed {feed!r}: validator is not valid Unicode: {exc}"))
+    for index, (feed, now, next_poll_at, cache) in enumerate(polls):
+        if outcomes[index] is not None:
             continue
-        outcomes.append(None)
-        now_text = dt_to_text(now)
         params = {
             "next": dt_to_text(next_poll_at),
-            "now": now_text,
+            "now": dt_to_text(now),
             "replace": cache is not None,
-            "etag": etag,
-            "last_modified": last_modified,
+            "etag": None if cache is None else cache.etag,
+            "last_modified": None if cache is None else cache.last_modified,
             "feed": feed,
         }
-        rows.append((len(outcomes) - 1, params))
+        rows.append((index, params))
     with transaction(conn):
         for index, params in rows:
             # Without new validators the stored ones stay: CASE keeps it one statement.

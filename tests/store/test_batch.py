@@ -1,18 +1,19 @@
-"""Group commit (`monitor.store.batch.Batcher`), and the SQLite store's 304s through it."""
+"""Group commit (`monitor.store.batch.Batcher`), and every store's 304s through it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from monitor.errors import StoreError
 from monitor.models import CacheInfo
-from monitor.store import SQLiteStore
+from monitor.store import MemoryStore, Store
 from monitor.store.batch import Batcher
 from tests.store.factories import MINUTE, T0, spec
+from tests.store.test_contract import BACKENDS, make_store
 
 
 class Recorder:
@@ -109,41 +110,72 @@ async def test_drain_waits_for_every_submitted_request() -> None:
     assert task.done()
 
 
-# --- the SQLite store's 304s -------------------------------------------------------------------
+# --- the stores' 304s, batched ----------------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    backend: str = request.param
+    return lambda: make_store(backend, tmp_path)
 
 
 async def test_concurrent_304s_are_all_recorded_and_an_unknown_feed_fails_alone(
-    tmp_path: Path,
+    new_store: Callable[[], Store],
 ) -> None:
     names = [f"f{n}" for n in range(300)]
-    async with SQLiteStore(tmp_path / "state.db") as store:
+    async with new_store() as store:
         await store.sync_feeds([spec(name) for name in names], T0)
         cache = CacheInfo(etag='"v2"')
         results = await asyncio.gather(
             *(
                 store.record_not_modified(name, now=T0, next_poll_at=T0 + MINUTE, cache=cache)
-                for name in [*names, "never-synced"]
+                for name in [*names, "never-synced", "f1"]
             ),
             return_exceptions=True,
         )
-        assert results[:-1] == [None] * len(names)
-        assert isinstance(results[-1], StoreError)
-        assert "never-synced" in str(results[-1])
+        assert results[:-2] == [None] * len(names)
+        assert isinstance(results[-2], StoreError)
+        assert "never-synced" in str(results[-2])
+        assert results[-1] is None  # a feed twice in one batch
         states = {s.name: s for s in await store.feed_states()}
     assert all(states[n].cache.etag == '"v2"' for n in names)
     assert all(states[n].next_poll_at == T0 + MINUTE for n in names)
 
 
-async def test_304s_submitted_before_close_are_written(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    async with SQLiteStore(path) as store:
+async def test_a_304_with_an_unstorable_validator_fails_alone(
+    new_store: Callable[[], Store],
+) -> None:
+    store = new_store()
+    if isinstance(store, MemoryStore):
+        pytest.skip("a memory store keeps any str; only a database refuses lone surrogates")
+    async with store:
+        await store.sync_feeds([spec("a"), spec("b")], T0)
+        bad, good = await asyncio.gather(
+            store.record_not_modified(
+                "a", now=T0, next_poll_at=T0 + MINUTE, cache=CacheInfo(etag='"\ud800"')
+            ),
+            store.record_not_modified("b", now=T0, next_poll_at=T0 + MINUTE),
+            return_exceptions=True,
+        )
+        assert isinstance(bad, StoreError)
+        assert good is None
+        state = await store.feed_state("b")
+    assert state is not None
+    assert state.next_poll_at == T0 + MINUTE
+
+
+async def test_304s_submitted_before_close_are_written(new_store: Callable[[], Store]) -> None:
+    store = new_store()
+    if isinstance(store, MemoryStore):
+        pytest.skip("a memory store forgets everything at close")
+    async with store:
         await store.sync_feeds([spec("a")], T0)
         pending = asyncio.create_task(
             store.record_not_modified("a", now=T0, next_poll_at=T0 + MINUTE)
         )
         await asyncio.sleep(0)
     await pending
-    async with SQLiteStore(path) as store:
-        state = await store.feed_state("a")
+    async with new_store() as reopened:
+        state = await reopened.feed_state("a")
     assert state is not None
     assert state.next_poll_at == T0 + MINUTE
