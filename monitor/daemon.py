@@ -7,14 +7,18 @@ an APScheduler AsyncIOScheduler (`run`) or makes one pass and returns (`once`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -50,6 +54,19 @@ TICK = 1.0
 GRACE = 5.0
 #: Seconds before trying again to lead bot commands after the store failed to answer.
 LEAD_RETRY = 30.0
+#: Seconds between a worker's check-ins with the store (`Store.check_in`).
+CHECK_IN = 60.0
+
+
+def config_digest(path: str) -> str:
+    """What identifies a config file's content among workers: a hash of its bytes ("" when
+    it cannot be read, e.g. a config built in memory)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
 #: Seconds between repeats of a standing "cannot claim due feeds" error in the log.
 REPEAT_ERROR = 60.0
 
@@ -113,6 +130,13 @@ class Daemon:
         self.store = store or open_store(config.state)
         self._stack = AsyncExitStack()
         self._rng = random.Random()
+        #: This process among the workers sharing a store (`Store.check_in`).
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._started = utcnow()
+        self._config_digest = config_digest(config.path)
+        #: Workers seen running another config at the last check-in: warned when they still
+        #: do at the next one (a rolling reload passes through such a moment).
+        self._drifting: frozenset[str] = frozenset()
         self._dispatch_task: asyncio.Task[None] | None = None
         self._dispatch_again = False
         self._pacers: dict[str, Pacer] = {}
@@ -229,6 +253,7 @@ class Daemon:
             (self._tick, TICK, "claim-due-feeds"),
             (self._dispatch_job, TICK, "dispatch"),
             (self._prune, 3600.0, "prune"),
+            (self.check_in, CHECK_IN, "check-in"),
             (self._digest_retries, 60.0, "digest-retries"),
         ):
             jobs.add_job(
@@ -265,6 +290,8 @@ class Daemon:
         finally:
             self.running = False
             log.info("shutting down")
+            with contextlib.suppress(Exception):  # the store may be what failed
+                await self.store.check_out(self.worker)
             jobs.shutdown(wait=False)
             for task in listeners:
                 task.cancel()
@@ -308,6 +335,26 @@ class Daemon:
                     "cannot take the lead for bot commands, again in %gs: %s", LEAD_RETRY, exc
                 )
                 await asyncio.sleep(LEAD_RETRY)
+
+    async def check_in(self) -> None:
+        """Tell the store this worker runs, and warn about workers running another config
+        (several workers on one PostgreSQL database must all read the same file)."""
+        try:
+            others = await self.store.check_in(
+                self.worker, self._config_digest, started_at=self._started, now=utcnow()
+            )
+        except Exception:
+            log.exception("checking in with the state store failed")
+            return
+        drifting = frozenset(w.name for w in others if w.config != self._config_digest)
+        for name in sorted(drifting & self._drifting):
+            log.warning(
+                "worker %s runs another config than this one (%s): give every worker the same "
+                "file and reload them all (SIGHUP), or their feeds, rules and channels differ",
+                name,
+                self.config.path,
+            )
+        self._drifting = drifting
 
     async def _warn_orphans(self) -> None:
         """Pending deliveries for a channel no longer configured are never sent: say so."""

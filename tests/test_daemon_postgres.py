@@ -74,3 +74,39 @@ rules:
                 await asyncio.gather(*runs)
         answers = [s for s in bot.sent if s.chat_id == "42"]
         assert len(answers) == 1
+
+
+async def test_a_worker_running_another_config_is_reported(
+    tmp_path: Path, feed_server: FeedServer, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed_server.set("/wire.xml", rss([]), validators=False)
+    separator = "&" if "?" in DSN else "?"
+    paths = []
+    for name, word in (("a.yaml", "talks"), ("b.yaml", "sanctions")):
+        paths.append(
+            write_config(
+                tmp_path / name,
+                f"""
+state: {DSN}{separator}schema={schema}
+feeds:
+  - name: wire
+    url: {feed_server.url("/wire.xml")}
+channels:
+  out: {{type: jsonl, path: {tmp_path / "alerts.jsonl"}}}
+rules:
+  - name: watch
+    query: {word}
+    notify: [out]
+""",
+            )
+        )
+    async with Daemon(load_config(paths[0])) as first, Daemon(load_config(paths[1])) as second:
+        second.worker = "elsewhere:1"  # one process here: name the second as another host's
+        await first.check_in()
+        await second.check_in()
+        assert "runs another config" not in caplog.text  # a moment of a rolling reload
+        await first.check_in()
+        await second.check_in()
+        await first.check_in()  # its first sighting of the other was at the second round
+    drift = [r.getMessage() for r in caplog.records if "runs another config" in r.getMessage()]
+    assert [m.split(" runs")[0] for m in drift] == [f"worker {first.worker}", "worker elsewhere:1"]

@@ -152,3 +152,8 @@ def unstorable(poll: NotModified) -> StoreError | None:
     except UnicodeEncodeError as exc:
         return StoreError(f"feed {feed!r}: validator is not valid Unicode: {exc}")
     return None
+
+
+#: A worker that has not checked in for this long is gone (`Store.check_in`); workers check
+#: in every minute.
+WORKER_TTL = timedelta(minutes=3)

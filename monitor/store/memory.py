@@ -31,6 +31,7 @@ from monitor.sources.identity import fingerprint
 from monitor.store.codec import utc
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
+    WORKER_TTL,
     clean_alert,
     clean_targets,
     cutoff,
@@ -41,7 +42,7 @@ from monitor.store.common import (
     next_cadence,
     stored_item,
 )
-from monitor.store.protocol import OutboxStat, Pruned, Recorded
+from monitor.store.protocol import OutboxStat, Pruned, Recorded, Worker
 
 
 @dataclass(slots=True)
@@ -100,6 +101,7 @@ class MemoryStore:
         self._mutes: dict[str, datetime] = {}
         #: channel -> its last digest time.
         self._digests: dict[str, datetime] = {}
+        self._workers: dict[str, Worker] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
 
@@ -538,6 +540,21 @@ class MemoryStore:
             and row.next_attempt_at <= now
             and not lease_live(row.lease_until, now)
         )
+
+    # --- workers ---------------------------------------------------------------------------
+
+    async def check_in(
+        self, worker: str, config: str, *, started_at: datetime, now: datetime
+    ) -> list[Worker]:
+        self._check()
+        now = utc(now)
+        self._workers[worker] = Worker(worker, config, utc(started_at), now)
+        self._workers = {n: w for n, w in self._workers.items() if w.seen_at > now - WORKER_TTL}
+        return [w for n, w in sorted(self._workers.items()) if n != worker]
+
+    async def check_out(self, worker: str) -> None:
+        self._check()
+        self._workers.pop(worker, None)
 
     # --- digests ---------------------------------------------------------------------------
 

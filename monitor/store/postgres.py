@@ -46,7 +46,7 @@ from monitor.store.postgres_schema import (
     migrate,
     prepare_schema,
 )
-from monitor.store.protocol import OutboxStat, Pruned, Recorded
+from monitor.store.protocol import OutboxStat, Pruned, Recorded, Worker
 
 T = TypeVar("T")
 
@@ -385,6 +385,18 @@ class PostgresStore:
 
     async def retry_due_count(self, channel: str, now: datetime) -> int:
         return await self._run(lambda c: health_sql.retry_due_count(c, channel, now))
+
+    # --- workers ---------------------------------------------------------------------------
+
+    async def check_in(
+        self, worker: str, config: str, *, started_at: datetime, now: datetime
+    ) -> list[Worker]:
+        return await self._run(
+            lambda c: health_sql.check_in(c, worker, config, started_at=started_at, now=now)
+        )
+
+    async def check_out(self, worker: str) -> None:
+        await self._run(lambda c: health_sql.check_out(c, worker))
 
     # --- digests ---------------------------------------------------------------------------
 

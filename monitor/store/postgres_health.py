@@ -4,13 +4,15 @@ mutes and digest channels' records."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from monitor.models import Alert, Item
 from monitor.sources.identity import fingerprint
 from monitor.store.codec import utc
+from monitor.store.common import WORKER_TTL
 from monitor.store.postgres_feeds import insert_alerts, opt_dt, require_feed
 from monitor.store.postgres_schema import Conn
+from monitor.store.protocol import Worker
 
 # --- feed health -------------------------------------------------------------------------------
 
@@ -127,3 +129,27 @@ async def claimed_count(conn: Conn, channel: str, now: datetime) -> int:
     )
     row = await cursor.fetchone()
     return int(row[0]) if row is not None else 0
+
+
+async def check_in(
+    conn: Conn, worker: str, config: str, *, started_at: datetime, now: datetime
+) -> list[Worker]:
+    await conn.execute(
+        "INSERT INTO workers (name, config, started_at, seen_at) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET config = excluded.config,"
+        " started_at = excluded.started_at, seen_at = excluded.seen_at",
+        (worker, config, utc(started_at), utc(now)),
+    )
+    await conn.execute("DELETE FROM workers WHERE seen_at <= %s", (utc(now) - WORKER_TTL,))
+    cursor = await conn.execute(
+        "SELECT name, config, started_at, seen_at FROM workers WHERE name <> %s ORDER BY name",
+        (worker,),
+    )
+    return [
+        Worker(r[0], r[1], r[2].astimezone(UTC), r[3].astimezone(UTC))
+        for r in await cursor.fetchall()
+    ]
+
+
+async def check_out(conn: Conn, worker: str) -> None:
+    await conn.execute("DELETE FROM workers WHERE name = %s", (worker,))

@@ -41,6 +41,18 @@ class Pruned:
 
 
 @dataclass(frozen=True, slots=True)
+class Worker:
+    """A process using the store, as of its last `check_in`."""
+
+    #: "host:pid".
+    name: str
+    #: Digest of the config file it runs ("" when it has none).
+    config: str
+    started_at: datetime
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStat:
     """One channel's deliveries in the outbox (`outbox_stats`), for /status and the gauges."""
 
@@ -325,6 +337,21 @@ class Store(Protocol):
         deliveries count until `prune` removes them. A read, cheap enough to run on every
         metrics scrape. `now` is the time of the reading; the figures do not depend on it (it
         is there so a backend computing ages itself uses the caller's clock, not its own)."""
+        ...
+
+    # --- workers -------------------------------------------------------------------------------
+
+    async def check_in(
+        self, worker: str, config: str, *, started_at: datetime, now: datetime
+    ) -> list[Worker]:
+        """Record that `worker` ("host:pid") runs the config file whose digest is `config`, as
+        of `now`; forget workers not seen for `common.WORKER_TTL`; return the others seen
+        since, by name (several workers share a PostgreSQL database: they must run the same
+        config, and this is how a worker notices one that does not)."""
+        ...
+
+    async def check_out(self, worker: str) -> None:
+        """Forget `worker` (it is stopping); nothing when it is unknown."""
         ...
 
     # --- digests -------------------------------------------------------------------------------

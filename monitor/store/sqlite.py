@@ -34,7 +34,7 @@ from monitor.store import sqlite_mutes as mutes_sql
 from monitor.store import sqlite_outbox as outbox_sql
 from monitor.store.batch import Batcher
 from monitor.store.common import NotModified, clean_targets
-from monitor.store.protocol import OutboxStat, Pruned, Recorded
+from monitor.store.protocol import OutboxStat, Pruned, Recorded, Worker
 from monitor.store.sqlite_schema import (
     InstanceLock,
     connect,
@@ -586,6 +586,18 @@ class SQLiteStore:
 
     async def outbox_stats(self, now: datetime) -> list[OutboxStat]:
         return await self._run(outbox_sql.outbox_stats)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    async def check_in(
+        self, worker: str, config: str, *, started_at: datetime, now: datetime
+    ) -> list[Worker]:
+        return await self._run(
+            lambda c: health_sql.check_in(c, worker, config, started_at=started_at, now=now)
+        )
+
+    async def check_out(self, worker: str) -> None:
+        await self._run(lambda c: health_sql.check_out(c, worker))
 
     # --- digests ---------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ from datetime import datetime
 
 from monitor.models import Alert, Item
 from monitor.sources.identity import fingerprint
-from monitor.store.codec import dt_to_text
-from monitor.store.common import clean_alert, clean_targets
+from monitor.store.codec import dt_to_text, text_to_dt
+from monitor.store.common import WORKER_TTL, clean_alert, clean_targets
+from monitor.store.protocol import Worker
 from monitor.store.sqlite_feeds import _insert_alerts, _require_feed, chunks, marks
 from monitor.store.sqlite_schema import transaction
 
@@ -68,3 +69,26 @@ def seen_alike(conn: sqlite3.Connection, feed: str, items: Sequence[Item]) -> se
         for alt, key in rows:
             alike.update(k for k in by_alt[alt] if k != key)
     return alike
+
+
+def check_in(
+    conn: sqlite3.Connection, worker: str, config: str, *, started_at: datetime, now: datetime
+) -> list[Worker]:
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO workers (name, config, started_at, seen_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET config = excluded.config,"
+            " started_at = excluded.started_at, seen_at = excluded.seen_at",
+            (worker, config, dt_to_text(started_at), dt_to_text(now)),
+        )
+        conn.execute("DELETE FROM workers WHERE seen_at <= ?", (dt_to_text(now - WORKER_TTL),))
+        rows = conn.execute(
+            "SELECT name, config, started_at, seen_at FROM workers WHERE name != ? ORDER BY name",
+            (worker,),
+        ).fetchall()
+    return [Worker(r[0], r[1], text_to_dt(r[2]), text_to_dt(r[3])) for r in rows]
+
+
+def check_out(conn: sqlite3.Connection, worker: str) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM workers WHERE name = ?", (worker,))

@@ -160,3 +160,26 @@ async def test_seen_alike_finds_the_same_story_under_a_new_id(store: Store) -> N
     bare = item("id:3", title="", link="https://example.com/story")
     assert await store.seen_alike("a", [moved, other, bare, old]) == {"id:https-1"}
     assert await store.seen_alike("b", [moved]) == set()
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+async def test_workers_see_each_other_and_their_configs(store: Store) -> None:
+    assert await store.check_in("h:1", "abc", started_at=T0, now=T0) == []
+    others = await store.check_in("h:2", "def", started_at=T0, now=T0 + MINUTE)
+    assert [(w.name, w.config, w.started_at, w.seen_at) for w in others] == [("h:1", "abc", T0, T0)]
+    again = await store.check_in("h:1", "abc", started_at=T0, now=T0 + 2 * MINUTE)
+    assert [(w.name, w.config) for w in again] == [("h:2", "def")]
+
+
+async def test_a_worker_not_seen_for_a_while_is_forgotten(store: Store) -> None:
+    await store.check_in("h:1", "abc", started_at=T0, now=T0)
+    assert await store.check_in("h:2", "abc", started_at=T0, now=T0 + HOUR) == []
+
+
+async def test_a_worker_checking_out_is_forgotten_at_once(store: Store) -> None:
+    await store.check_in("h:1", "abc", started_at=T0, now=T0)
+    await store.check_out("h:1")
+    await store.check_out("never-seen")
+    assert await store.check_in("h:2", "abc", started_at=T0, now=T0 + MINUTE) == []
