@@ -445,10 +445,23 @@ def pg_execute(state: str, query: str) -> list[tuple[Any, ...]]:
         return cursor.fetchall() if cursor.description else []
 
 
-def warm_cycle(config: Path, state: str, feeds: int, workers: int) -> tuple[float, list[Any]]:
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat (0, 0 elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def warm_cycle(
+    config: Path, state: str, feeds: int, workers: int
+) -> tuple[float, list[Any], float]:
     """One warm cycle over every feed by `workers` worker processes at once: each opens its
     daemon (untimed), then all start together; timed until every feed was polled, as the
-    state shows it."""
+    state shows it. Also returns how busy the machine's cores were meanwhile (0..1): the
+    workers, the feed server and PostgreSQL share them."""
     log = str(config.with_suffix(".log"))
     command = [sys.executable, str(BENCH / "poll_daemon.py"), str(config), "--shared", "--log", log]
     procs = [
@@ -463,6 +476,7 @@ def warm_cycle(config: Path, state: str, feeds: int, workers: int) -> tuple[floa
                 raise RuntimeError(f"a worker did not start: {line!r}")
         pg_execute(state, "UPDATE feeds SET next_poll_at = '2000-01-01Z', lease_until = NULL")
         start = time.perf_counter()
+        busy0, total0 = cpu_times()
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("GO\n")
@@ -471,6 +485,8 @@ def warm_cycle(config: Path, state: str, feeds: int, workers: int) -> tuple[floa
         while pg_execute(state, polled)[0][0] < feeds:
             time.sleep(0.05)
         seconds = time.perf_counter() - start
+        busy1, total1 = cpu_times()
+        busy = (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
         reports = []
         for proc in procs:
             assert proc.stdin is not None
@@ -479,7 +495,7 @@ def warm_cycle(config: Path, state: str, feeds: int, workers: int) -> tuple[floa
             proc.stdin.close()
             reports.append(json.loads(proc.stdout.read().strip().splitlines()[-1]))
             proc.wait(60)
-        return seconds, reports
+        return seconds, reports, busy
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -504,13 +520,14 @@ def scale(args: argparse.Namespace, folder: Path) -> list[tuple[int, list[float]
         for workers in args.workers:
             runs, notes = [], ""
             for r in range(args.repeat):
-                seconds, reports = warm_cycle(config, state, args.feeds, workers)
+                seconds, reports, busy = warm_cycle(config, state, args.feeds, workers)
                 polls = [sum(rep["outcomes"].values()) for rep in reports]
                 if sum(polls) != args.feeds:
                     raise RuntimeError(f"{workers} workers polled {polls}, not {args.feeds}")
                 runs.append(seconds)
                 cpu = " ".join(f"{rep['cpu']:.1f}" for rep in reports)
                 notes = notes or f"polls per worker {polls}; cpu s per worker {cpu}"
+                notes += f"; machine busy {busy:.0%}" if r == 0 else f", {busy:.0%}"
                 say(f"warm, {workers} workers, #{r}: {seconds:.2f} s ({notes})")
             rows.append((workers, runs, notes))
     finally:
