@@ -88,13 +88,21 @@ class PollScheduler:
             await self._poller.store.release_feeds([s.name for s in claimed])
             return 0
         started = 0
+        unknown = []
         for state in claimed:
             feed = self._feeds.get(state.name)
-            # A poll queued behind a slow host can outlive its lease; the store then offers
-            # the feed again, but it is still ours and still running: never poll it twice.
-            if feed is not None and feed.name not in self._tasks:
+            if feed is None:
+                # In the store but not in this config: another worker's newer (or older)
+                # config lists it. Hand it back at once rather than sit on it for a lease.
+                unknown.append(state.name)
+            elif feed.name not in self._tasks:
+                # A poll queued behind a slow host can outlive its lease; the store then
+                # offers the feed again, but it is still ours and still running: never poll
+                # it twice.
                 self._start(feed, state)
                 started += 1
+        if unknown:
+            await self._poller.store.release_feeds(unknown)
         return started
 
     def _start(self, feed: FeedSpec, state: FeedState) -> None:

@@ -70,6 +70,27 @@ async def test_a_feed_still_polling_is_not_started_again_when_its_lease_expires(
         assert [s.name for s in await store.claim_due_feeds(clock.now, 5, timedelta(1))] == ["slow"]
 
 
+async def test_a_claimed_feed_this_config_does_not_list_is_handed_back_at_once() -> None:
+    """Several workers share a store: one running another config may find feeds it does not
+    know due; it must not keep them for a lease while the worker that knows them waits."""
+    known = FeedSpec(name="known", url="http://127.0.0.1:9/k.xml", interval=timedelta(hours=1))
+    other = FeedSpec(name="other", url="http://127.0.0.1:9/o.xml", interval=timedelta(hours=1))
+    clock = Clock()
+    async with (
+        MemoryStore() as store,
+        HttpFetcher(PollPolicy(), user_agent="test") as fetcher,
+        ParsePool(workers=0) as parser,
+    ):
+        await store.sync_feeds([known, other], clock.now)
+        poller = Poller(store, fetcher, parser, Matcher(()), PollPolicy(), clock, random.Random(1))
+        scheduler = PollScheduler(poller, {"known": known}, 5, clock)
+        clock.now += timedelta(hours=2)
+        assert await scheduler.tick() == 1
+        await scheduler.drain(5)
+        claimable = await store.claim_due_feeds(clock.now, 5, timedelta(minutes=1))
+        assert [s.name for s in claimable] == ["other"]
+
+
 async def test_once_survives_a_store_failure_on_one_feed_and_still_delivers(
     tmp_path: Path, feed_server: FeedServer
 ) -> None:
