@@ -28,6 +28,7 @@ from monitor.models import (
     Rule,
     TelegramSettings,
 )
+from monitor.redact import safe_dsn
 from monitor.reload import Supervisor
 from monitor.terminal import Column
 
@@ -226,7 +227,7 @@ def print_check(config: Config, out: Console) -> None:
             f"{_count(len(config.channels), 'channel')}"
         )
     )
-    out.print(Text(f"state {logs.redact(config.state)}, timezone {config.timezone}"))
+    out.print(Text(f"state {safe_dsn(config.state)}, timezone {config.timezone}"))
     sections = (
         (FEED_COLUMNS, [_feed_row(f) for f in config.feeds]),
         (RULE_COLUMNS, [_rule_row(r) for r in config.rules]),

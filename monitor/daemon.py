@@ -67,10 +67,6 @@ def config_digest(path: str) -> str:
         return ""
 
 
-#: Seconds between repeats of a standing "cannot claim due feeds" error in the log.
-REPEAT_ERROR = 60.0
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -124,7 +120,6 @@ class Daemon:
         self.running = False
         #: `time.monotonic()` when the last claim of due feeds ended (None before the first).
         self.last_tick: float | None = None
-        self._tick_error_at = -REPEAT_ERROR
         self.tz = ZoneInfo(config.timezone)
         self._owns_store = store is None
         self.store = store or open_store(config.state)
@@ -385,15 +380,15 @@ class Daemon:
 
     async def _tick(self) -> None:
         """Claim due feeds and start their polls; a store failure is counted (it fails the
-        readiness check) and logged once a minute while it lasts, not every second."""
+        readiness check) and logged once a minute while it lasts, not every second. Any claim
+        that completed (even one finding nothing due) ends a standing claim failure."""
         try:
-            if await self.scheduler.tick():
-                self.metrics.store_ok()  # the claim wrote its leases
+            claims = self.scheduler.claims
+            await self.scheduler.tick()
+            if self.scheduler.claims > claims:
+                self.metrics.store_ok("claim")
         except StoreError as exc:
-            now = time.monotonic()
-            news = self.metrics.store_failed(str(exc))
-            if news or now - self._tick_error_at >= REPEAT_ERROR:
-                self._tick_error_at = now
+            if self.metrics.store_failed("claim", str(exc)):
                 log.error("cannot claim due feeds, nothing is polled: %s", exc)
         except Exception:
             log.exception("claiming due feeds failed")
@@ -432,7 +427,8 @@ class Daemon:
         try:
             for report in await self.digester.catch_up(utcnow()):
                 log.info("sent a missed digest", extra={"channel": report.channel})
-        except Exception:
+        except Exception as exc:
+            self._store_trouble("digest", exc)
             log.exception("catching up missed digests failed; they go out on schedule")
 
     async def _digest(self, channel: str) -> None:
@@ -440,24 +436,31 @@ class Daemon:
         scheduled = self.digester.previous_run(channel, now) or now
         try:
             report = await self.digester.run(channel, now, scheduled=scheduled)
-        except Exception:
+        except Exception as exc:
+            self._store_trouble("digest", exc)
             log.exception("digest failed", extra={"channel": channel})
             return
+        self.metrics.store_ok("digest")
         sent = sum(r.sent for r in report.recipients)
         log.info("digest: %d alerts sent", sent, extra={"channel": channel})
 
     async def _digest_retries(self) -> None:
         try:
             await self.digester.retry_due(utcnow())
-        except Exception:
-            log.exception("retrying digests failed")
+        except Exception as exc:
+            if self._store_trouble("digest", exc):
+                log.exception("retrying digests failed")
+            return
+        self.metrics.store_ok("digest")
 
     async def _prune(self) -> None:
         try:
             pruned = await self.store.prune(utcnow(), self.config.retention)
-        except Exception:
+        except Exception as exc:
+            self._store_trouble("prune", exc)
             log.exception("pruning failed")
             return
+        self.metrics.store_ok("prune")
         if pruned.items or pruned.texts or pruned.deliveries:
             log.info(
                 "pruned %d items, %d item texts, %d deliveries",
@@ -465,3 +468,10 @@ class Daemon:
                 pruned.texts,
                 pruned.deliveries,
             )
+
+    def _store_trouble(self, operation: str, exc: Exception) -> bool:
+        """Count a StoreError `exc` against `operation` (it fails the readiness check until
+        that operation succeeds again); True when it is worth logging (anything else: always)."""
+        if isinstance(exc, StoreError):
+            return self.metrics.store_failed(operation, str(exc))
+        return True

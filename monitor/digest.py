@@ -619,7 +619,7 @@ class Digester:
         sent_at = self._clock()
         await self._store.mark_sent_many(ids, sent_at)
         self._metrics.delivered(channel, [d.alert for d in rows], sent_at)
-        self._metrics.store_ok()
+        self._metrics.store_ok("digest")
         self._empty.pop((channel, target), None)
         log.info("digest of %d alerts sent", len(rows), extra=where)
         return RecipientReport(target, len(rows), "sent")

@@ -90,6 +90,16 @@ class Dispatcher:
         """Finish the send in flight on each channel, then claim nothing more."""
         self._stopping = True
 
+    @property
+    def channels(self) -> list[str]:
+        """The channels it sends for (instant ones: digest channels are the Digester's)."""
+        return list(self._notifiers)
+
+    async def skipped_targets(self, channel: str) -> list[str]:
+        """Destinations of `channel` it claims nothing for now: paused, waiting out a "retry
+        after", or no longer listed by the channel."""
+        return self._skipped(channel) + await self._unlisted(self._notifiers[channel])
+
     def waiting(self, channel: str) -> dict[str, datetime]:
         """Destinations of `channel` waiting out a "retry after" hint: target -> until when."""
         now = self._clock()
@@ -97,19 +107,24 @@ class Dispatcher:
 
     async def run_once(self) -> DispatchStats:
         stats = DispatchStats()
-        await asyncio.gather(*(self._drain(name, stats) for name in self._notifiers))
+        done = await asyncio.gather(*(self._drain(name, stats) for name in self._notifiers))
+        if all(done):  # every claim and mark went through (also when nothing was due)
+            self._metrics.store_ok("dispatch")
         return stats
 
-    async def _drain(self, channel: str, stats: DispatchStats) -> None:
+    async def _drain(self, channel: str, stats: DispatchStats) -> bool:
+        """Send what is due on `channel`; False when the store failed it."""
         try:
             await self._drain_channel(channel, stats)
         except StoreError as exc:  # stop this channel's pass; the next one retries
-            if self._metrics.store_failed(str(exc)):
+            if self._metrics.store_failed("dispatch", str(exc)):
                 log.error("dispatch stopped: %s", exc, extra={"channel": channel})
-            else:  # the same trouble every second: said once, then quietly
+            else:  # the same trouble every second: said once a minute, else quietly
                 log.debug("dispatch stopped: %s", exc, extra={"channel": channel})
+            return False
         except Exception:  # a bug: stop this channel's pass; the next one retries
             log.exception("dispatch stopped for this pass", extra={"channel": channel})
+        return True
 
     async def _drain_channel(self, channel: str, stats: DispatchStats) -> None:
         notifier = self._notifiers[channel]
@@ -196,15 +211,16 @@ class Dispatcher:
             await self._store.release_deliveries([d.id for d in rows[1:]])
             return len(rows)
         except DeliveryError as exc:
-            result = "failed" if exc.permanent else "retry"
-            self._metrics.attempted(channel, "throttled" if exc.retry_after else result)
             if exc.permanent and len(rows) > 1:
                 # The grouped message itself was refused, not these alerts: send them one by
-                # one from now on for this destination.
+                # one from now on for this destination (all of them go again: a retry).
+                self._metrics.attempted(channel, "retry")
                 self._ungrouped.add((channel, target))
                 log.warning("grouped message refused (%s); sending one by one", exc, extra=where)
                 await self._store.release_deliveries([d.id for d in rows])
                 return len(rows)
+            outcome = "failed" if exc.permanent else "retry"
+            self._metrics.attempted(channel, "throttled" if exc.retry_after else outcome)
             for delivery in rows:
                 if exc.permanent:
                     await self._fail(delivery, str(exc), stats)
@@ -223,7 +239,6 @@ class Dispatcher:
         for delivery in rows[:done]:
             await self._store.mark_sent(delivery.id, now)
             self._metrics.delivered(channel, [delivery.alert], now)
-        self._metrics.store_ok()
         stats.sent += done
         stats.by_channel[channel] = stats.by_channel.get(channel, 0) + done
         if done > 1:

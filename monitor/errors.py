@@ -53,13 +53,23 @@ class FetchError(MonitorError):
     """A feed could not be fetched.
 
     `reason` is a short operator-facing phrase ("timed out after 60s", "body over 10 MiB").
-    `retry_after` is the server's hint in seconds, when it gave one.
+    `retry_after` is the server's hint in seconds, when it gave one. `status` is the HTTP
+    status of the final response when the server answered (then the fetch failed anyway: a
+    body over the limit, an empty one), None when it did not.
     """
 
-    def __init__(self, url: str, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         self.url = url
         self.reason = reason
         self.retry_after = retry_after
+        self.status = status
         super().__init__(reason)
 
 
@@ -67,8 +77,8 @@ class HTTPStatusError(FetchError):
     """The server answered with a status we cannot use (4xx, 5xx, unexpected 1xx/3xx)."""
 
     def __init__(self, url: str, status: int, *, retry_after: float | None = None) -> None:
-        self.status = status
-        super().__init__(url, f"HTTP {status}", retry_after=retry_after)
+        super().__init__(url, f"HTTP {status}", retry_after=retry_after, status=status)
+        self.status: int = status
 
 
 class ParseError(MonitorError):

@@ -2,38 +2,24 @@
 
 Code logs with `extra={"feed": ..., "channel": ...}`; those fields become `feed=...` on a text
 line and keys of a JSON line. Every handler redacts bot tokens, URL credentials and any secret
-value registered with `register_secret`, in the message and in tracebacks.
+value registered with `register_secret`, in the message and in tracebacks (`monitor.redact`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
+from monitor.redact import redact, register_secret
+
 #: `extra` keys rendered on each line, in this order.
 FIELDS = ("feed", "channel", "target", "delivery", "rule", "attempt", "status", "user")
 
-_TOKEN = re.compile(r"bot\d{3,}:[A-Za-z0-9_-]{20,}")
-_USERINFO = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
-_secrets: set[str] = set()
-
-
-def register_secret(value: str) -> None:
-    """Never print `value` (tokens, passwords from the config); short values are ignored."""
-    if len(value) >= 6:
-        _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    text = _TOKEN.sub("bot<redacted>", text)
-    text = _USERINFO.sub("<redacted>@", text)
-    for secret in _secrets:
-        text = text.replace(secret, "<redacted>")
-    return text
+# The redaction lives in monitor.redact; these names stay here for the code that logs.
+__all__ = ["FIELDS", "redact", "register_secret", "setup"]
 
 
 class _Formatter(logging.Formatter):

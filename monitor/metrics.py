@@ -3,8 +3,9 @@
 One `Metrics` per process (it outlives config reloads), with its own `CollectorRegistry`, never
 the library's global one: two daemons in one process (tests) never mix their figures. Stages
 report what happened through its methods (`polled`, `matched`, `queued`, `attempted`,
-`delivered`...); the HTTP endpoint refreshes the gauges that come from the store (`outbox`,
-`feeds`) right before each scrape and renders the registry with `render()`.
+`delivered`...); the HTTP endpoint refreshes the gauges that come from the store
+(`set_outbox`, `set_due`, `set_channels`, `set_feed_health`) right before each scrape and
+renders the registry with `render()`.
 
 Label sets are bounded: feed, rule and channel names come from the config (channels also from
 deliveries still stored for a channel no longer configured), every other label is one of the
@@ -14,11 +15,9 @@ cap (in config order) under one `feed="_other"` label.
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,17 +26,16 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    Summary,
     disable_created_metrics,
     generate_latest,
 )
 
 from monitor import __version__
-from monitor.logs import redact, register_secret
 from monitor.models import Alert, Config, FeedState
+from monitor.redact import redact, register_secret, safe_url
 from monitor.store.protocol import OutboxStat
 
-#: `outcome` of `monitor_polls_total`.
+#: `outcome` of `monitor_polls_total` and `monitor_poll_duration_seconds`.
 POLL_OUTCOMES = (
     "ok",
     "not_modified",
@@ -49,17 +47,26 @@ POLL_OUTCOMES = (
 )
 #: `class` of `monitor_http_responses_total`: the final status of a fetch (after redirects).
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-#: `result` of `monitor_delivery_attempts_total`: what one send (one message) came to.
-ATTEMPT_RESULTS = ("sent", "retry", "throttled", "failed", "held")
-#: `outcome` of `monitor_alerts_total`.
-ALERT_OUTCOMES = ("queued", "sent", "failed")
+#: `outcome` of `monitor_delivery_attempts_total`: what one send (one message) came to.
+ATTEMPT_OUTCOMES = ("sent", "retry", "throttled", "failed", "held")
+#: `outcome` of `monitor_deliveries_total`.
+DELIVERY_OUTCOMES = ("queued", "sent", "failed")
+#: `outcome` of `monitor_config_reloads_total`.
+RELOAD_OUTCOMES = ("applied", "refused")
 #: `health` of `monitor_feeds`.
 FEED_HEALTH = ("ok", "failing", "dead", "new")
+#: What the daemon does with the store, each failing and recovering on its own (`store_failed`).
+STORE_OPERATIONS = ("claim", "poll", "dispatch", "digest", "prune")
 
 #: Feeds past this many (in config order) share the label `feed="_other"`: at about a dozen
 #: series per feed, 10,000 feeds are some 120,000 series, which Prometheus takes in its stride.
 FEED_LABEL_CAP = 10_000
 OTHER = "_other"
+#: Seconds between log lines about the same standing store failure of one operation.
+REPEAT_LOG = 60.0
+#: Items of first fetches (backfilled alerts) remembered so their delivery stays out of the
+#: publication-latency histogram; the oldest are forgotten past this many.
+BACKFILL_MEMORY = 20_000
 
 #: Seconds: from a fast local fetch to the whole-fetch deadline.
 POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -79,32 +86,8 @@ LATENCY_BUCKETS = (
     10800.0,
     21600.0,
 )
-
-
-_SECRET_PARAM = re.compile(
-    r"key|token|secret|pass|auth|sig|session|credential|private", re.IGNORECASE
-)
-
-
-def safe_url(url: str) -> str:
-    """`url` without credentials: no userinfo, and the values of query parameters whose names
-    look secret (`api_key`, `token`, `sig`...) replaced; no fragment."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc += f":{port}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, "<redacted>" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="<>"
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+#: Seconds: from first sight to sent, the daemon's own share (a poll, the outbox, the send).
+DELIVERY_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 def public_name(name: str) -> str:
@@ -129,11 +112,19 @@ def feed_health(state: FeedState) -> str:
     return "ok"
 
 
+def date_only(when: datetime) -> bool:
+    """True for a time exactly at midnight: what a feed giving only a date (`2026-11-28`)
+    parses to, which says nothing about the hour of publication."""
+    return (when.hour, when.minute, when.second, when.microsecond) == (0, 0, 0, 0)
+
+
 def alert_age(alert: Alert, at: datetime) -> float:
     """Seconds from the item's publication to `at`; from when it was first seen when the feed
-    gave no date, or a date after that (a clock ahead, a feed dating items in the future)."""
+    gave no date, only a date (midnight exactly, see `date_only`), or a date after that (a
+    clock ahead, a feed dating items in the future)."""
     published = alert.published
-    start = published if published is not None and published <= alert.seen_at else alert.seen_at
+    dated = published is not None and published <= alert.seen_at and not date_only(published)
+    start = published if dated and published is not None else alert.seen_at
     return max((at - start).total_seconds(), 0.0)
 
 
@@ -141,9 +132,9 @@ class Metrics:
     """Every metric of the process, on a registry of its own; see the module docstring."""
 
     def __init__(self, *, process: bool = True) -> None:
-        # No `_created` series beside every counter, histogram and summary: they would double
-        # the series per feed and say nothing `monitor_start_time_seconds` does not. (A switch
-        # of the client library for the whole process; nothing else here exports metrics.)
+        # No `_created` series beside every counter and histogram: they would double the
+        # series per feed and say nothing `monitor_start_time_seconds` does not. (A switch of
+        # the client library for the whole process; nothing else here exports metrics.)
         disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = r = CollectorRegistry()
         if process:  # CPU, memory, open files, Python version, as every exporter has them
@@ -151,9 +142,13 @@ class Metrics:
             PlatformCollector(registry=r)
         #: Unix time the process started measuring (the daemon's start).
         self.started = time.time()
-        #: The store's last failure the daemon met (a write refused: disk full, read-only,
-        #: corrupt), until a later write succeeds; "" when none.
-        self.store_problem = ""
+        #: The clock of store failures (`store_failures`): `time.monotonic`.
+        self.clock: Callable[[], float] = time.monotonic
+        #: Standing store failures by operation (one of STORE_OPERATIONS): (the store's
+        #: message, `time.monotonic()` when the operation started failing).
+        self._store_failures: dict[str, tuple[str, float]] = {}
+        self._store_logged: dict[str, float] = {}
+        self._backfilled: dict[tuple[str, str], None] = {}
         self._capped: frozenset[str] = frozenset()
         self._labels: dict[str, str] = {}
 
@@ -173,9 +168,9 @@ class Metrics:
             buckets=POLL_BUCKETS,
             registry=r,
         )
-        self.feed_poll_seconds = Summary(
-            "monitor_feed_poll_duration_seconds",
-            "Time polls of a feed took: _sum / _count is its average.",
+        self.feed_poll_seconds = Counter(
+            "monitor_feed_poll_seconds",
+            "Time spent polling a feed; divided by its monitor_polls_total, its average poll time.",
             ["feed"],
             registry=r,
         )
@@ -194,9 +189,9 @@ class Metrics:
             ["rule"],
             registry=r,
         )
-        self.alerts = Counter(
-            "monitor_alerts",
-            "Alert deliveries (one per alert, channel and destination) by channel and outcome: "
+        self.deliveries = Counter(
+            "monitor_deliveries",
+            "Deliveries (one per alert, channel and destination) by channel and outcome: "
             "queued in the outbox, sent, failed for good.",
             ["channel", "outcome"],
             registry=r,
@@ -204,8 +199,8 @@ class Metrics:
         self.attempts = Counter(
             "monitor_delivery_attempts",
             "Sends tried (one message; a grouped one or a digest counts once), by channel and "
-            "result.",
-            ["channel", "result"],
+            "outcome.",
+            ["channel", "outcome"],
             registry=r,
         )
         self.retries = Counter(
@@ -217,10 +212,17 @@ class Metrics:
         )
         self.latency = Histogram(
             "monitor_alert_latency_seconds",
-            "From an item's publication (or first sight, when undated) to its alert being "
-            "delivered, by channel.",
+            "From an item's publication (first sight when undated or dated by day only) to its "
+            "alert being delivered, by channel; backfilled items of a first fetch left out.",
             ["channel"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "monitor_alert_delivery_seconds",
+            "From an item's first sight to its alert being delivered, by channel.",
+            ["channel"],
+            buckets=DELIVERY_BUCKETS,
             registry=r,
         )
         self.pending = Gauge(
@@ -235,6 +237,25 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.oldest_due = Gauge(
+            "monitor_outbox_oldest_due_age_seconds",
+            "Age of the oldest delivery due to be sent now (not waiting for a digest, a retry, "
+            "a paused channel or destination), by instantly sending channel; 0 when none.",
+            ["channel"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "monitor_channel_paused",
+            "1 while a channel is paused until its config changes (its deliveries wait).",
+            ["channel"],
+            registry=r,
+        )
+        self.blocked = Gauge(
+            "monitor_channel_blocked_targets",
+            "Destinations of a channel paused until the config changes (they refused).",
+            ["channel"],
+            registry=r,
+        )
         self.feeds = Gauge(
             "monitor_feeds",
             "Configured feeds by health: ok, failing, dead, new (read at scrape time).",
@@ -243,20 +264,20 @@ class Metrics:
         )
         self.store_errors = Counter(
             "monitor_store_errors",
-            "State store failures met by polls, sends, claims and health checks.",
+            "State store failures met by claims, polls, sends, digests and pruning.",
             registry=r,
         )
         self.reloads = Counter(
             "monitor_config_reloads",
-            "Config reloads by result: applied, refused.",
-            ["result"],
+            "Config reloads by outcome: applied, refused.",
+            ["outcome"],
             registry=r,
         )
         self.ready = Gauge(
             "monitor_ready", "1 when /readyz answers 200 (checked at scrape time).", registry=r
         )
-        for result in ("applied", "refused"):
-            self.reloads.labels(result)
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(outcome)
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -277,17 +298,19 @@ class Metrics:
         _keep(self.http, ("feed", "class"), feeds)
         _keep(self.items, ("feed",), feeds)
         _keep(self.matches, ("rule",), rules)
-        _keep(self.alerts, ("channel", "outcome"), channels)
-        _keep(self.attempts, ("channel", "result"), channels)
+        _keep(self.deliveries, ("channel", "outcome"), channels)
+        _keep(self.attempts, ("channel", "outcome"), channels)
         _keep(self.retries, ("channel",), channels)
         _keep(self.latency, ("channel",), channels)
+        _keep(self.delivery_seconds, ("channel",), channels)
         for rule in rules:
             self.matches.labels(rule)
         for channel in channels:
-            for outcome in ALERT_OUTCOMES:
-                self.alerts.labels(channel, outcome)
+            for outcome in DELIVERY_OUTCOMES:
+                self.deliveries.labels(channel, outcome)
             self.retries.labels(channel)
             self.latency.labels(channel)
+            self.delivery_seconds.labels(channel)
 
     def feed_label(self, feed: str) -> str:
         """The `feed` label of a feed: its name (without credentials, see `public_name`), or
@@ -306,9 +329,8 @@ class Metrics:
         `status` is the final HTTP status when the server answered."""
         label = self.feed_label(feed)
         self.polls.labels(label, outcome).inc()
-        coarse = outcome if outcome in ("ok", "not_modified") else "error"
-        self.poll_seconds.labels(coarse).observe(seconds)
-        self.feed_poll_seconds.labels(label).observe(seconds)
+        self.poll_seconds.labels(outcome).observe(seconds)
+        self.feed_poll_seconds.labels(label).inc(seconds)
         klass = None if status is None else status_class(status)
         if klass is not None:
             self.http.labels(label, klass).inc()
@@ -320,28 +342,40 @@ class Metrics:
         for rule in rules:
             self.matches.labels(rule).inc()
 
+    def backfilled(self, feed: str, item_keys: Iterable[str]) -> None:
+        """Alerts of these items were queued by a feed's first fetch (a backfill): their
+        publication can be long past, which says nothing about how late the news came."""
+        memory = self._backfilled
+        for key in item_keys:
+            memory[feed, key] = None
+        while len(memory) > BACKFILL_MEMORY:
+            del memory[next(iter(memory))]
+
     # --- deliveries ----------------------------------------------------------------------------
 
     def queued(self, channel: str, deliveries: int) -> None:
         if deliveries:
-            self.alerts.labels(channel, "queued").inc(deliveries)
+            self.deliveries.labels(channel, "queued").inc(deliveries)
 
-    def attempted(self, channel: str, result: str) -> None:
-        """One send (one message) to `channel` came to `result` (one of ATTEMPT_RESULTS)."""
-        self.attempts.labels(channel, result).inc()
+    def attempted(self, channel: str, outcome: str) -> None:
+        """One send (one message) to `channel` came to `outcome` (one of ATTEMPT_OUTCOMES)."""
+        self.attempts.labels(channel, outcome).inc()
 
     def delivered(self, channel: str, alerts: Sequence[Alert], at: datetime) -> None:
         """`alerts` were marked sent at `at`."""
         if not alerts:
             return
-        self.alerts.labels(channel, "sent").inc(len(alerts))
-        histogram = self.latency.labels(channel)
+        self.deliveries.labels(channel, "sent").inc(len(alerts))
+        latency = self.latency.labels(channel)
+        waited = self.delivery_seconds.labels(channel)
         for alert in alerts:
-            histogram.observe(alert_age(alert, at))
+            waited.observe(max((at - alert.seen_at).total_seconds(), 0.0))
+            if (alert.feed, alert.item_key) not in self._backfilled:
+                latency.observe(alert_age(alert, at))
 
     def failed(self, channel: str, deliveries: int = 1) -> None:
         if deliveries:
-            self.alerts.labels(channel, "failed").inc(deliveries)
+            self.deliveries.labels(channel, "failed").inc(deliveries)
 
     def retried(self, channel: str, deliveries: int = 1) -> None:
         if deliveries:
@@ -349,21 +383,40 @@ class Metrics:
 
     # --- the store -----------------------------------------------------------------------------
 
-    def store_failed(self, reason: str) -> bool:
-        """The store refused or failed an operation; True when that is news (no failure was
-        standing, or another one), so the caller can say it loudly once."""
+    def store_failed(self, operation: str, reason: str) -> bool:
+        """The store failed `operation` (one of STORE_OPERATIONS) with `reason`; True when the
+        caller should log it: news (the operation was not failing, or failed otherwise), or
+        REPEAT_LOG seconds since it was last said."""
         self.store_errors.inc()
-        news = reason != self.store_problem
-        self.store_problem = reason
-        return news
+        now = self.clock()
+        standing = self._store_failures.get(operation)
+        self._store_failures[operation] = (reason, now if standing is None else standing[1])
+        said = self._store_logged.get(operation)
+        if standing is None or standing[0] != reason or said is None or now - said >= REPEAT_LOG:
+            self._store_logged[operation] = now
+            return True
+        return False
 
-    def store_ok(self) -> None:
-        """A write went through: any standing store failure is over."""
-        self.store_problem = ""
+    def store_ok(self, operation: str) -> None:
+        """`operation` went through: its standing failure, if any, is over (another
+        operation's is not)."""
+        if self._store_failures.pop(operation, None) is not None:
+            self._store_logged.pop(operation, None)
+
+    def store_failures(self) -> dict[str, tuple[str, float]]:
+        """The standing failures: operation -> (reason, `time.monotonic()` since when)."""
+        return dict(self._store_failures)
+
+    @property
+    def store_problem(self) -> str:
+        """The standing store failures in a few words ("" when none)."""
+        return "; ".join(f"{op}: {why}" for op, (why, _) in sorted(self._store_failures.items()))
 
     # --- scrape-time gauges --------------------------------------------------------------------
 
-    def outbox(self, stats: Sequence[OutboxStat], now: datetime, channels: Iterable[str]) -> None:
+    def set_outbox(
+        self, stats: Sequence[OutboxStat], now: datetime, channels: Iterable[str]
+    ) -> None:
         """Set the outbox gauges from `stats`; `channels` (the configured ones) show 0 when
         they have nothing stored. Channels neither configured nor stored are dropped."""
         by_channel = {s.channel: s for s in stats}
@@ -376,7 +429,33 @@ class Metrics:
             age = 0.0 if first is None else max((now - first).total_seconds(), 0.0)
             self.oldest.labels(channel).set(age)
 
-    def feed_health(self, states: Iterable[FeedState]) -> None:
+    def set_due(self, oldest: Mapping[str, datetime | None], now: datetime) -> None:
+        """Set `monitor_outbox_oldest_due_age_seconds`: channel -> creation time of its oldest
+        delivery due now (None: none). Channels left out (digest, paused, removed ones) have
+        no series."""
+        self.oldest_due.clear()
+        for channel, first in sorted(oldest.items()):
+            age = 0.0 if first is None else max((now - first).total_seconds(), 0.0)
+            self.oldest_due.labels(channel).set(age)
+
+    def clear_outbox(self) -> None:
+        """The store could not be read: no outbox figures rather than stale ones."""
+        self.pending.clear()
+        self.oldest.clear()
+        self.oldest_due.clear()
+
+    def set_channels(
+        self, channels: Iterable[str], paused: Iterable[str], blocked: Mapping[str, int]
+    ) -> None:
+        """Set the channel pause gauges of the configured `channels`."""
+        stopped = set(paused)
+        self.paused.clear()
+        self.blocked.clear()
+        for channel in channels:
+            self.paused.labels(channel).set(1 if channel in stopped else 0)
+            self.blocked.labels(channel).set(blocked.get(channel, 0))
+
+    def set_feed_health(self, states: Iterable[FeedState]) -> None:
         counts = dict.fromkeys(FEED_HEALTH, 0)
         for state in states:
             counts[feed_health(state)] += 1
@@ -384,11 +463,12 @@ class Metrics:
             self.feeds.labels(health).set(count)
 
     def render(self) -> bytes:
-        """The registry in the Prometheus text format (version 0.0.4)."""
+        """The registry in the Prometheus text format (version 0.0.4); safe to call from a
+        worker thread while the loop counts on."""
         return generate_latest(self.registry)
 
 
-def _keep(metric: Counter | Histogram | Summary, labels: Sequence[str], keep: set[str]) -> None:
+def _keep(metric: Counter | Histogram, labels: Sequence[str], keep: set[str]) -> None:
     """Drop the series of `metric` (labelled `labels`, in order) whose first label's value is
     not in `keep`."""
     found = {

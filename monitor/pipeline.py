@@ -80,38 +80,38 @@ class Poller:
         """
         started = time.monotonic()
         trace = _Trace()
-        outcome = await self._outcome(feed, state, trace)
-        outcome = replace(outcome, http_status=trace.http_status)
+        polled = await self._outcome(feed, state, trace)
+        polled = replace(polled, http_status=trace.http_status)
         self.metrics.polled(
             feed.name,
-            outcome.outcome,
+            polled.outcome,
             time.monotonic() - started,
             status=trace.http_status,
-            new_items=outcome.new_items,
+            new_items=polled.new_items,
         )
-        return outcome
+        return polled
 
     async def _outcome(self, feed: FeedSpec, state: FeedState, trace: _Trace) -> PollOutcome:
         churned: Notice | None = None
         try:
-            outcome, churned = await self._poll(feed, state, trace)
+            polled, churned = await self._poll(feed, state, trace)
         except (FetchError, ParseError) as exc:
-            if isinstance(exc, HTTPStatusError):
-                trace.http_status = exc.status
-            kind = _failure_kind(exc)
-            outcome = await self._recorded_failure(feed, state, str(exc), exc, kind)
+            if isinstance(exc, FetchError) and exc.status is not None:
+                trace.http_status = exc.status  # answered, then refused (a body too big...)
+            outcome = _failure_outcome(exc)
+            polled = await self._recorded_failure(feed, state, str(exc), exc, outcome)
         except StoreError as exc:  # already says what is wrong with the state file
             log.error("poll not recorded: %s", exc, extra={"feed": feed.name})
-            self.metrics.store_failed(str(exc))
+            self.metrics.store_failed("poll", str(exc))
             return PollOutcome(feed.name, "error", error=str(exc), outcome="store_error")
         except Exception as exc:
             log.exception("poll crashed", extra={"feed": feed.name})
-            outcome = await self._recorded_failure(
+            polled = await self._recorded_failure(
                 feed, state, f"internal error: {type(exc).__name__}: {exc}", None, "internal_error"
             )
         if self.admin is not None:
             await self._health(feed, self.admin, churned)
-        return outcome
+        return polled
 
     async def _health(self, feed: FeedSpec, admin: AdminSettings, churned: Notice | None) -> None:
         """Send the admin channel the notice the feed's new state calls for, if any, then the
@@ -138,17 +138,17 @@ class Poller:
             log.warning("feed health: %s", notice.title, extra={"feed": feed.name})
 
     async def _recorded_failure(
-        self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None, kind: str
+        self, feed: FeedSpec, state: FeedState, error: str, exc: Exception | None, outcome: str
     ) -> PollOutcome:
         try:
-            outcome = await self._failed(feed, state, error, exc)
+            polled = await self._failed(feed, state, error, exc)
         except Exception as failure:  # the store itself is failing: nothing more is recorded
             log.exception("could not record the poll failure", extra={"feed": feed.name})
             if isinstance(failure, StoreError):
-                self.metrics.store_failed(str(failure))
-            return PollOutcome(feed.name, "error", error=error, outcome=kind)
-        self.metrics.store_ok()
-        return replace(outcome, outcome=kind)
+                self.metrics.store_failed("poll", str(failure))
+            return PollOutcome(feed.name, "error", error=error, outcome=outcome)
+        self.metrics.store_ok("poll")
+        return replace(polled, outcome=outcome)
 
     async def _poll(
         self, feed: FeedSpec, state: FeedState, trace: _Trace
@@ -169,7 +169,7 @@ class Poller:
             await self.store.record_not_modified(
                 feed.name, now=now, next_poll_at=next_at, cache=fetched.cache
             )
-            self.metrics.store_ok()
+            self.metrics.store_ok("poll")
             log.debug("not modified", extra={"feed": feed.name})
             return PollOutcome(feed.name, "not_modified", outcome="not_modified"), None
 
@@ -222,8 +222,8 @@ class Poller:
             targets=self.targets,
             ttl=parsed.ttl,
         )
-        self.metrics.store_ok()
-        self._count(recorded.new_items, matches, alerts)
+        self.metrics.store_ok("poll")
+        self._count(feed, state, recorded.new_items, matches, alerts)
         churned = churn(state, len(alike), len(parsed.items)) if self.admin else None
         if warning and warning != state.last_warning:
             log.warning("feed parsed with a problem: %s", warning, extra={"feed": feed.name})
@@ -235,23 +235,28 @@ class Poller:
             "" if state.seeded else " (first fetch)",
             extra={"feed": feed.name},
         )
-        outcome = PollOutcome(
+        polled = PollOutcome(
             feed.name, "ok", len(recorded.new_items), recorded.alerts, outcome="ok"
         )
-        return outcome, churned
+        return polled, churned
 
     def _count(
         self,
+        feed: FeedSpec,
+        state: FeedState,
         new: Sequence[Item],
         matches: Mapping[str, Sequence[Match]],
         alerts: Sequence[Alert],
     ) -> None:
         """Rule matches and queued deliveries of what the store actually took as new (an item
-        another worker stored first is not counted twice)."""
+        another worker stored first is not counted twice); a first fetch's alerts are marked
+        as backfilled (kept out of the publication-latency histogram)."""
         stored = {item.key for item in new}
         for key, found in matches.items():
             if key in stored:
                 self.metrics.matched(dict.fromkeys(m.rule for m in found))
+        if not state.seeded:
+            self.metrics.backfilled(feed.name, (a.item_key for a in alerts))
         for alert in alerts:
             if alert.item_key in stored:
                 for channel in alert.channels:
@@ -287,7 +292,7 @@ class Poller:
         return PollOutcome(feed.name, "error", error=error)
 
 
-def _failure_kind(exc: FetchError | ParseError) -> str:
+def _failure_outcome(exc: FetchError | ParseError) -> str:
     if isinstance(exc, HTTPStatusError):
         return "http_error"
     return "fetch_error" if isinstance(exc, FetchError) else "parse_error"

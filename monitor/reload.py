@@ -113,6 +113,7 @@ class Supervisor:
                     daemon = await self._generation(daemon, store)
             finally:
                 self.site.daemon = None
+                self.site.hand_over(None)
                 if watcher is not None:
                     watcher.cancel()
                     await asyncio.gather(watcher, return_exceptions=True)
@@ -137,8 +138,10 @@ class Supervisor:
                 self._reload.clear()
                 successor = await self._prepare(store)
         finally:
-            # Handing over to a successor is no outage for /readyz; stopping is.
-            self.site.reloading = successor is not None and not self._stop.is_set()
+            # Handing over to a successor is no outage for /readyz (for up to its stall
+            # limit, until the new daemon claims due feeds); stopping is.
+            if successor is not None and not self._stop.is_set():
+                self.site.hand_over(daemon)
             wake.set()
             await asyncio.wait([running])
             await daemon.__aexit__(None, None, None)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from monitor import logs
+from monitor.redact import mask_target, redact, redact_data, register_secret, safe_dsn
 
 
 @pytest.fixture
@@ -64,3 +65,50 @@ def test_library_loggers_are_quieted(stream: io.StringIO) -> None:
     logs.setup("info", "text", stream)
     logging.getLogger("httpx").info("HTTP Request: POST https://api.telegram.org/botX/send")
     assert stream.getvalue() == ""
+
+
+def test_secret_query_values_in_free_text_are_redacted() -> None:
+    """An error message quoting a URL (or a bare query) keeps no `?token=`-like value."""
+    text = redact(
+        "invalid URL 'feeds.example/x.xml?token=abc123&edition=world&api_key=k-9' (HTTP 403)"
+    )
+    assert text == (
+        "invalid URL 'feeds.example/x.xml?token=<redacted>&edition=world&api_key=<redacted>' "
+        "(HTTP 403)"
+    )
+    assert redact("GET https://h.example/f?sig=xyz;Password=p4") == (
+        "GET https://h.example/f?sig=<redacted>;Password=<redacted>"
+    )
+    assert redact(text) == text  # idempotent
+
+
+def test_short_values_are_no_secrets() -> None:
+    register_secret("587")
+    assert redact("port 587, 0.587 s") == "port 587, 0.587 s"
+    assert redact("port 587", ["587"]) == "port 587"
+    assert redact("key q-secret-9", ["q-secret-9"]) == "key <redacted>"
+
+
+def test_structures_are_redacted_string_by_string() -> None:
+    quoted = 'pa"ss\\word-123'
+    data = {
+        "name": f"wire {quoted}",
+        quoted: [f"x{quoted}y", 587, 0.587, None, True],
+        "url": "https://u:p@h.example/?token=t",
+    }
+    assert redact_data(data, [quoted, "587"]) == {
+        "name": "wire <redacted>",
+        "<redacted>": ["x<redacted>y", 587, 0.587, None, True],
+        "url": "https://<redacted>@h.example/?token=<redacted>",
+    }
+
+
+def test_state_locations_and_targets_are_shown_without_what_identifies_them() -> None:
+    assert safe_dsn("postgresql://monitor:s3cret@db:5432/news?password=x") == (
+        "postgresql://db:5432/news"
+    )
+    assert safe_dsn("postgresql://monitor@[::1]/news") == "postgresql://[::1]/news"
+    assert mask_target("ann@example.org") == "a…@example.org"
+    assert mask_target("-1001234567890") == "…7890"
+    assert mask_target("42") == "…"
+    assert mask_target("") == ""

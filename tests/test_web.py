@@ -3,13 +3,16 @@
 client, and the metrics read back with prometheus_client's own parser.
 
 Every wait watches state (a file, a counter, an answer) and ends as soon as it holds; the
-timeout is a safety net, never an assertion about speed.
+timeout is a safety net, never an assertion about speed. Feeds poll every hour: after the first
+poll at start, each poll is made due explicitly (`poll_now`), so counts are exact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,12 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import __version__, cli
 from monitor.config import load_config
+from monitor.daemon import Daemon
 from monitor.errors import ConfigError
-from monitor.metrics import safe_url
+from monitor.metrics import Metrics
 from monitor.models import HttpSettings
+from monitor.redact import safe_dsn, safe_url
 from monitor.reload import Supervisor
 from monitor.store import SQLiteStore, open_store
-from monitor.web import parse_address, safe_dsn
+from monitor.web import Response, Site, WebServer, parse_address
 from tests.builders import rss, write_config
 from tests.fakebot import FakeBot
 from tests.feedserver import FeedServer
@@ -56,7 +61,7 @@ def wire_config(path: Path, server: FeedServer, more: str = "") -> Path:
         f"""
 state: state.db
 feeds:
-  - {{name: wire, url: '{server.url("/wire.xml")}', interval: 10s}}
+  - {{name: wire, url: '{server.url("/wire.xml")}', interval: 1h}}
 channels:
   out: {{type: jsonl, path: alerts.jsonl}}
 rules:
@@ -76,6 +81,7 @@ async def serving(
     stop = asyncio.Event()
     supervisor = Supervisor(load_config(path, env=env), stop, http=http)
     supervisor.site.feeds_every = 0.0  # read the feeds' health at every scrape
+    supervisor.site.cache_for = 0.0  # every request computes its answer
     task = asyncio.create_task(supervisor.run())
     try:
         await until(_listening(supervisor, task), "the endpoint to listen")
@@ -169,7 +175,7 @@ async def test_counters_move_as_a_feed_is_polled_and_an_alert_delivered(
         assert value(before, "monitor_polls_total", feed="wire", outcome="ok") == 1
         assert value(before, "monitor_http_responses_total", feed="wire", **{"class": "2xx"}) == 1
         assert value(before, "monitor_rule_matches_total", rule="talks") == 0  # seeded, not new
-        assert value(before, "monitor_alerts_total", channel="out", outcome="sent") == 0
+        assert value(before, "monitor_deliveries_total", channel="out", outcome="sent") == 0
         assert value(before, "monitor_build_info", version=__version__) == 1
         assert value(before, "monitor_ready") == 1
 
@@ -180,7 +186,7 @@ async def test_counters_move_as_a_feed_is_polled_and_an_alert_delivered(
 
         async def delivered() -> bool:
             samples = await scrape(client)
-            return value(samples, "monitor_alerts_total", channel="out", outcome="sent") == 1
+            return value(samples, "monitor_deliveries_total", channel="out", outcome="sent") == 1
 
         await until(delivered, "the delivery to be counted")
         after = await scrape(client)
@@ -191,15 +197,19 @@ async def test_counters_move_as_a_feed_is_polled_and_an_alert_delivered(
     assert value(after, "monitor_items_new_total", feed="wire") == 3
     assert value(after, "monitor_rule_matches_total", rule="talks") == 1
     assert value(after, "monitor_rule_matches_total", rule="steel") == 0
-    assert value(after, "monitor_alerts_total", channel="out", outcome="queued") == 1
-    assert value(after, "monitor_delivery_attempts_total", channel="out", result="sent") == 1
+    assert value(after, "monitor_deliveries_total", channel="out", outcome="queued") == 1
+    assert value(after, "monitor_delivery_attempts_total", channel="out", outcome="sent") == 1
     assert value(after, "monitor_delivery_retries_total", channel="out") == 0
     assert value(after, "monitor_alert_latency_seconds_count", channel="out") == 1
+    assert value(after, "monitor_alert_delivery_seconds_count", channel="out") == 1
     assert value(after, "monitor_poll_duration_seconds_count", outcome="ok") == 2
-    assert value(after, "monitor_feed_poll_duration_seconds_count", feed="wire") == 2
+    assert value(after, "monitor_feed_poll_seconds_total", feed="wire") > 0
     # Read from the store at scrape time.
     assert value(after, "monitor_outbox_pending", channel="out") == 0
     assert value(after, "monitor_outbox_oldest_pending_age_seconds", channel="out") == 0
+    assert value(after, "monitor_outbox_oldest_due_age_seconds", channel="out") == 0
+    assert value(after, "monitor_channel_paused", channel="out") == 0
+    assert value(after, "monitor_channel_blocked_targets", channel="out") == 0
     assert value(after, "monitor_feeds", health="ok") == 1
     assert value(after, "monitor_store_errors_total") == 0
     # No label grows with URLs: feeds, rules and channels by their configured names only.
@@ -216,7 +226,7 @@ async def test_status_lists_feeds_rules_and_channels(
     path = wire_config(tmp_path / "monitor.yaml", feed_server, more)
     text = path.read_text(encoding="utf-8").replace(
         "feeds:\n",
-        f"feeds:\n  - {{name: gone, url: '{feed_server.url('/gone.xml')}', interval: 10s}}\n",
+        f"feeds:\n  - {{name: gone, url: '{feed_server.url('/gone.xml')}', interval: 1h}}\n",
     )
     path.write_text(text, encoding="utf-8")
     async with serving(path) as (_, client):
@@ -283,7 +293,7 @@ async def test_no_secret_reaches_any_endpoint(tmp_path: Path, feed_server: FeedS
 state: state.db
 feeds:
   - url: '{url}?api_key=${{FEED_KEY}}&edition=world&token=literal-token-abc'
-    interval: 10s
+    interval: 1h
     first_fetch: {{backfill: 1}}
 channels:
   desk:
@@ -363,15 +373,18 @@ async def test_a_failing_store_fails_readiness_with_the_reason_until_it_recovers
         await until(seeded_twice(client), "the poll the failure held back")
 
 
-async def test_a_store_that_does_not_answer_fails_readiness(
-    tmp_path: Path, feed_server: FeedServer
-) -> None:
-    feed_server.set("/wire.xml", rss(WIRE))
-    path = wire_config(tmp_path / "monitor.yaml", feed_server)
+def memory_config(path: Path, server: FeedServer) -> Path:
+    wire_config(path, server)
     path.write_text(
         path.read_text(encoding="utf-8").replace("state: state.db", 'state: "memory:"'),
         encoding="utf-8",
     )
+    return path
+
+
+async def test_a_closed_store_fails_readiness(tmp_path: Path, feed_server: FeedServer) -> None:
+    feed_server.set("/wire.xml", rss(WIRE))
+    path = memory_config(tmp_path / "monitor.yaml", feed_server)
     async with serving(path) as (supervisor, client):
         await until(ready(client), "ready")
         daemon = supervisor.site.daemon
@@ -411,7 +424,7 @@ async def test_the_endpoint_survives_a_reload_and_shows_the_new_config(
         port = supervisor.web.port if supervisor.web else 0
         text = path.read_text(encoding="utf-8").replace(
             "feeds:\n",
-            f"feeds:\n  - {{name: extra, url: '{feed_server.url('/extra.xml')}', interval: 10s}}\n",
+            f"feeds:\n  - {{name: extra, url: '{feed_server.url('/extra.xml')}', interval: 1h}}\n",
         )
         path.write_text(text.replace("{name: steel", "{name: metal"), encoding="utf-8")
         supervisor.request_reload()
@@ -422,13 +435,14 @@ async def test_the_endpoint_survives_a_reload_and_shows_the_new_config(
 
         await until(reloaded, "/status to show the new config")
         await until(ready(client), "ready after the reload")
+        assert supervisor.site.handover_since is None  # over: the new config claims feeds
         status = (await client.get("/status")).json()
         samples = await scrape(client)
         assert supervisor.web is not None
         assert supervisor.web.port == port
     assert status["config"]["reloads"] == 1
     assert [r["name"] for r in status["rules"]] == ["talks", "metal"]
-    assert value(samples, "monitor_config_reloads_total", result="applied") == 1
+    assert value(samples, "monitor_config_reloads_total", outcome="applied") == 1
     # The removed rule's series went with it; the new one starts at 0.
     assert ("monitor_rule_matches_total", (("rule", "steel"),)) not in samples
     assert ("monitor_rule_matches_total", (("rule", "metal"),)) in samples
@@ -477,9 +491,6 @@ async def test_unknown_paths_other_methods_and_bad_requests(
 async def test_readyz_is_503_until_a_config_runs(tmp_path: Path) -> None:
     """Before the daemon has started (channels opening, bot tokens checked) the endpoint
     answers, and says it is not ready."""
-    from monitor.metrics import Metrics
-    from monitor.web import Site, WebServer
-
     async with WebServer(EPHEMERAL, Site(Metrics(process=False))) as server:
         base = f"http://127.0.0.1:{server.port}"
         async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
@@ -595,3 +606,263 @@ def test_config_http_key(tmp_path: Path) -> None:
         f"{path}:2: http.host: not an IP address or host name: 'not a host'",
         f"{path}:2: http.prot: unknown key 'prot'; did you mean 'port'?",
     ]
+
+
+# --- secrets, readiness, load ------------------------------------------------------------------
+
+
+async def test_short_and_quoted_secrets_keep_the_json_valid_and_hidden(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """Strings are redacted before serialising: a `${VAR}` holding a quote or a backslash is
+    found (JSON would escape it out of reach), and one shorter than 6 characters is no secret
+    (replacing `587` in the text would corrupt numbers)."""
+    feed_server.set("/wire.xml", rss(WIRE))
+    path = write_config(
+        tmp_path / "monitor.yaml",
+        f"""
+state: state.db
+feeds:
+  - name: 'wire ${{QUOTED}}'
+    url: '{feed_server.url("/wire.xml")}?edition=${{EDITION}}'
+    interval: 1h
+channels:
+  out: {{type: jsonl, path: alerts.jsonl}}
+rules:
+  - {{name: talks, any: [talks], notify: [out]}}
+""",
+    )
+    quoted = 'pa"ss\\word-123'
+    env = {"QUOTED": quoted, "EDITION": "587"}
+    async with serving(path, env=env) as (_, client):
+
+        async def polled() -> bool:
+            samples = await scrape(client)
+            return value(samples, "monitor_polls_total", feed="wire <redacted>", outcome="ok") == 1
+
+        await until(polled, "the first poll")
+        bodies = {p: (await client.get(p)).text for p in ("/status", "/readyz", "/metrics")}
+    status = json.loads(bodies["/status"])
+    assert json.loads(bodies["/readyz"])["ready"] is True
+    [feed] = status["feeds"]
+    assert feed["name"] == "wire <redacted>"
+    assert feed["url"].endswith("/wire.xml?edition=587")
+    assert isinstance(status["uptime_seconds"], float)
+    for body in bodies.values():
+        assert quoted not in body
+        assert json.dumps(quoted)[1:-1] not in body  # nor in its escaped form
+
+
+async def test_a_store_that_does_not_answer_fails_readiness(
+    tmp_path: Path, feed_server: FeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed_server.set("/wire.xml", rss(WIRE))
+    path = memory_config(tmp_path / "monitor.yaml", feed_server)
+    async with serving(path) as (supervisor, client):
+        await until(ready(client), "ready")
+        daemon = supervisor.site.daemon
+        assert daemon is not None
+        before = await scrape(client)
+
+        async def hang(*args: object, **kwargs: object) -> Any:
+            await asyncio.Event().wait()  # never set: the store does not answer
+
+        async def crash(*args: object, **kwargs: object) -> Any:
+            raise RuntimeError("a bug in the store")
+
+        supervisor.site.store_timeout = 0.1
+        monkeypatch.setattr(daemon.store, "outbox_stats", hang)
+        monkeypatch.setattr(daemon.store, "feed_states", crash)
+        response = await client.get("/readyz")
+        status = await client.get("/status")
+        after = await scrape(client)
+        monkeypatch.undo()
+    assert response.status_code == 503
+    assert response.json()["checks"]["store"] == {
+        "ok": False,
+        "detail": "did not answer within 0.1 s",
+    }
+    # A store helper failing otherwise leaves that part out; the answer is still given.
+    assert status.status_code == 200
+    assert status.json()["feeds"][0]["health"] == "unknown"
+    # The outbox gauges go away rather than freeze at their last values.
+    assert ("monitor_outbox_pending", (("channel", "out"),)) in before
+    assert ("monitor_outbox_pending", (("channel", "out"),)) not in after
+    assert ("monitor_outbox_oldest_pending_age_seconds", (("channel", "out"),)) not in after
+    assert value(after, "monitor_ready") == 0
+    # Probes and scrapes failing are no store errors of the daemon (they would count each).
+    assert value(after, "monitor_store_errors_total") == 0
+
+
+async def test_store_failures_are_judged_per_operation(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    """A claim that completes, even finding nothing due, ends a claim failure; it says nothing
+    about another operation's failure, which lasts until that operation succeeds."""
+    feed_server.set("/wire.xml", rss(WIRE))
+    path = wire_config(tmp_path / "monitor.yaml", feed_server)
+    async with serving(path) as (supervisor, client):
+        await until(ready(client), "ready")
+        daemon = supervisor.site.daemon
+        assert daemon is not None
+
+        async def seeded() -> bool:
+            samples = await scrape(client)
+            return value(samples, "monitor_polls_total", feed="wire", outcome="ok") == 1
+
+        await until(seeded, "the first poll (nothing is due for an hour after it)")
+        metrics = supervisor.metrics
+        metrics.store_failed("claim", "database is locked")
+        await until(ready(client), "a claim finding nothing due to end the claim failure")
+
+        # No poll is due for an hour: nothing ends a poll's failure but a poll that works.
+        metrics.store_failed("poll", "disk I/O error")
+        claims = daemon.scheduler.claims
+        await until(
+            lambda: asyncio.sleep(0, daemon.scheduler.claims > claims + 1), "claims to go on"
+        )
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        detail = response.json()["checks"]["store"]["detail"]
+        assert detail.startswith("poll failing for ")
+        assert detail.endswith(": disk I/O error")
+        await poll_now(path, "wire")
+        await until(ready(client), "ready once a poll is recorded")
+
+
+async def test_readiness_across_a_hand_over(tmp_path: Path, feed_server: FeedServer) -> None:
+    """A reload's new daemon that does not get to claim due feeds is ready for as long as a
+    hand-over may take (the stall limit), then not: never "handing over" forever."""
+    config = load_config(memory_config(tmp_path / "monitor.yaml", feed_server))
+    site = Site(Metrics(process=False))
+    site.cache_for = 0.0
+    async with (
+        Daemon(config, metrics=site.metrics) as daemon,  # started, not running
+        WebServer(EPHEMERAL, site) as server,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", trust_env=False) as client,
+    ):
+        site.daemon = daemon
+
+        async def scheduler() -> tuple[int, dict[str, Any]]:
+            response = await client.get("/readyz")
+            return response.status_code, response.json()["checks"]["scheduler"]
+
+        assert await scheduler() == (
+            503,
+            {"ok": False, "detail": "not running (starting or shutting down)"},
+        )
+        site.handover_since = time.monotonic()
+        assert await scheduler() == (
+            200,
+            {"ok": True, "detail": "handing over to a reloaded config"},
+        )
+        site.handover_since = time.monotonic() - site.stall - 5  # began past the stall limit
+        status, check = await scheduler()
+        assert status == 503
+        assert check["detail"].startswith("handing over to a reloaded config for ")
+        daemon.running, daemon.last_tick = True, time.monotonic()  # its first claim
+        status, check = await scheduler()
+        assert (status, check["ok"]) == (200, True)
+        assert check["detail"].startswith("running, ")
+        assert site.handover_since is None
+        daemon.running = False
+
+
+async def test_idle_connections_never_keep_healthz_out() -> None:
+    """At the connection cap, the oldest connection still sending its request makes room:
+    any client holding connections open cannot fail the liveness probe."""
+    site = Site(Metrics(process=False))
+    async with WebServer(EPHEMERAL, site, max_connections=4) as server:
+        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(4)]
+        try:
+            await until(lambda: asyncio.sleep(0, server.connections == 4), "4 connections")
+            base = f"http://127.0.0.1:{server.port}"
+            async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
+                health = await client.get("/healthz")
+            assert (health.status_code, health.text) == (200, "ok\n")
+            assert server.dropped == 1
+            # The first idle connection was the one dropped.
+            try:
+                dropped = await asyncio.wait_for(idle[0][0].read(), PATIENCE)
+            except ConnectionResetError:
+                dropped = b""
+            assert dropped == b""
+        finally:
+            for _, writer in idle:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+
+
+async def test_a_request_head_sent_too_slowly_gets_no_answer() -> None:
+    site = Site(Metrics(process=False))
+    async with WebServer(EPHEMERAL, site, head_timeout=0.2) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+            await writer.drain()
+            try:
+                answer = await asyncio.wait_for(reader.read(), PATIENCE)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""  # dropped at its head timeout, unanswered
+            await until(lambda: asyncio.sleep(0, server.connections == 0), "the slot freed")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_an_endpoint_that_fails_answers_500(caplog: pytest.LogCaptureFixture) -> None:
+    site = Site(Metrics(process=False))
+
+    async def broken() -> Response:
+        raise RuntimeError("a bug")
+
+    site._status = broken  # type: ignore[method-assign]
+
+    class Crashing:
+        async def respond(self, method: str, path: str) -> Response:
+            raise RuntimeError("a bug in the app")
+
+    async with (
+        WebServer(EPHEMERAL, site) as server,
+        WebServer(EPHEMERAL, Crashing()) as bare,
+    ):
+        with caplog.at_level(logging.ERROR, logger="monitor.web"):
+            status = await raw(server.port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            crashed = await raw(bare.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            healthy = await raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert status.endswith(b"\r\n\r\ninternal error\n")
+    assert crashed.startswith(b"HTTP/1.1 500 ")
+    assert healthy.startswith(b"HTTP/1.1 200 ")
+    assert "answering /status failed" in caplog.text
+    assert "answering GET /healthz failed" in caplog.text
+
+
+async def test_concurrent_requests_share_one_computation_and_reuse_it() -> None:
+    site = Site(Metrics(process=False))
+    site.cache_for = 3600.0
+    calls = 0
+    gate = asyncio.Event()
+    compute = site._status
+
+    async def counted() -> Response:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return await compute()
+
+    site._status = counted  # type: ignore[method-assign]
+    async with WebServer(EPHEMERAL, site) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=PATIENCE) as client:
+            asking = [asyncio.create_task(client.get("/status")) for _ in range(3)]
+            await until(lambda: asyncio.sleep(0, server.connections == 3), "3 requests waiting")
+            gate.set()
+            answers = await asyncio.gather(*asking)
+            again = await client.get("/status")
+    assert calls == 1
+    assert {a.status_code for a in answers} == {200}
+    assert {a.content for a in answers} == {again.content}  # the same uptime: one answer

@@ -605,21 +605,23 @@ async def _result(response: _Response, url: str, limits: FetchLimits, cache: Cac
     if status in (429, 503):
         raise HTTPStatusError(url, status, retry_after=parse_retry_after(headers))
     if status == 204:
-        raise FetchError(url, "empty response (HTTP 204)")
+        raise FetchError(url, "empty response (HTTP 204)", status=status)
     if not 200 <= status < 300:
         raise HTTPStatusError(url, status)
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
-        raise FetchError(url, f"response body over {human_size(limits.max_bytes)} (limit)")
+        raise FetchError(
+            url, f"response body over {human_size(limits.max_bytes)} (limit)", status=status
+        )
     try:
         decoder = BoundedDecoder(headers.get("content-encoding", ""), limits.max_bytes)
         async for chunk in response.body():
             decoder.feed(chunk)
         body = decoder.finish()
     except (BodyTooLarge, BadEncoding) as exc:
-        raise FetchError(url, str(exc)) from None
+        raise FetchError(url, str(exc), status=status) from None
     if not body:
-        raise FetchError(url, "empty response body")
+        raise FetchError(url, "empty response body", status=status)
     validators = CacheInfo(headers.get("etag"), headers.get("last-modified"))
     return Fetched(url, 200, body, headers, validators)
 
