@@ -36,48 +36,78 @@ def first_poll_at(name: str, interval: timedelta, now: datetime, new_feeds: int)
     return now + timedelta(microseconds=int(spread_us * random.Random(name).random()))
 
 
+#: `FeedState` lease owner written by `sync_feeds` when it takes a claimed feed's lease away
+#: (its URL changed): no store has it, so the poll in flight writes nothing when it ends.
+LEASE_TAKEN = "(taken: the url changed)"
+
+
+def lease_taken(owner: str | None, me: str) -> bool:
+    """Whether a row leased to `owner` was claimed by a store other than `me` (or its lease
+    taken away): a finishing write of `me` then writes nothing. An unclaimed row (None) is
+    anyone's, as in a single process that records without claiming."""
+    return owner is not None and owner != me
+
+
 def lease_live(lease_until: datetime | None, now: datetime) -> bool:
     """A lease holds until `lease_until`; from that instant on the row may be claimed again."""
     return lease_until is not None and lease_until > now
 
 
 def clean_match(match: Match) -> Match:
-    """A copy made only of tuples, whatever sequences the caller built it with."""
+    """A copy made only of tuples, whatever sequences the caller built it with; the text a
+    document contributed (terms, snippet) without NUL."""
     return Match(
-        match.rule, tuple(match.terms), tuple(match.fields), tuple(match.channels), match.snippet
+        match.rule,
+        tuple(clean_text(term) for term in match.terms),
+        tuple(match.fields),
+        tuple(match.channels),
+        clean_text(match.snippet),
     )
 
 
 def clean_alert(alert: Alert) -> Alert:
-    """The alert as a store keeps it: UTC times, tuples only."""
+    """The alert as a store keeps it: UTC times, tuples only, text without NUL."""
     return replace(
         alert,
+        item_key=clean_text(alert.item_key),
+        title=clean_text(alert.title),
+        link=clean_text(alert.link),
+        summary=clean_text(alert.summary),
         published=opt_utc(alert.published),
         seen_at=utc(alert.seen_at),
         matches=tuple(clean_match(m) for m in alert.matches),
     )
 
 
+def clean_text(text: str) -> str:
+    """`text` as every store keeps it: without NUL characters, which PostgreSQL's text type
+    refuses (SQLite would keep them; the stores must not differ). Parsed feeds, server error
+    messages and channel replies may carry them."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
 def stored_item(item: Item, feed: str, seen_at: datetime) -> Item:
-    """What a store keeps of an item: no content (it is only needed to match), UTC times."""
+    """What a store keeps of an item: no content (it is only needed to match), UTC times,
+    text without NUL (`clean_text`)."""
     return Item(
         feed=feed,
-        key=item.key,
-        title=item.title,
-        link=item.link,
-        summary=item.summary,
-        author=item.author,
-        tags=tuple(item.tags),
+        key=clean_text(item.key),
+        title=clean_text(item.title),
+        link=clean_text(item.link),
+        summary=clean_text(item.summary),
+        author=clean_text(item.author),
+        tags=tuple(clean_text(tag) for tag in item.tags),
         published=opt_utc(item.published),
         seen_at=utc(seen_at),
     )
 
 
 def first_per_key(items: Sequence[Item]) -> list[Item]:
-    """`items` without repeated keys, the first one winning, in input order."""
+    """`items` without repeated keys (as stored: `clean_text`), the first one winning, in
+    input order."""
     first: dict[str, Item] = {}
     for item in items:
-        first.setdefault(item.key, item)
+        first.setdefault(clean_text(item.key), item)
     return list(first.values())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -31,14 +32,17 @@ from monitor.sources.identity import fingerprint
 from monitor.store.codec import utc
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
+    LEASE_TAKEN,
     WORKER_TTL,
     clean_alert,
     clean_targets,
+    clean_text,
     cutoff,
     delivery_targets,
     first_per_key,
     first_poll_at,
     lease_live,
+    lease_taken,
     next_cadence,
     stored_item,
 )
@@ -50,6 +54,7 @@ class _Feed:
     state: FeedState
     active: bool = True
     lease_until: datetime | None = None
+    lease_owner: str | None = None
     #: The last `record_items` (a document parsed); None until the first one.
     last_fetched_at: datetime | None = None
 
@@ -83,6 +88,7 @@ class _Delivery:
     last_error: str = ""
     next_attempt_at: datetime | None = None
     lease_until: datetime | None = None
+    lease_owner: str | None = None
     sent_at: datetime | None = None
 
 
@@ -104,6 +110,8 @@ class MemoryStore:
         self._workers: dict[str, Worker] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
+        #: This store's claims carry this id (see the Store docstring).
+        self.owner = uuid.uuid4().hex
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -170,6 +178,10 @@ class MemoryStore:
                     failing_since=None,
                     consecutive_failures=0,
                 )
+                # The poll of the old URL in flight must not seed the new one.
+                if row.lease_owner is not None or row.lease_until is not None:
+                    row.lease_owner = LEASE_TAKEN
+                row.lease_until = None
 
     async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
         self._check()
@@ -187,6 +199,7 @@ class MemoryStore:
         claimed = due[: max(limit, 0)]
         for row in claimed:
             row.lease_until = now + lease
+            row.lease_owner = self.owner
         return [row.state for row in claimed]
 
     async def feed_state(self, name: str) -> FeedState | None:
@@ -200,7 +213,7 @@ class MemoryStore:
 
     async def unseen(self, feed: str, keys: Sequence[str]) -> set[str]:
         self._check()
-        return {k for k in keys if (feed, k) not in self._items}
+        return {k for k in keys if (feed, clean_text(k)) not in self._items}
 
     async def record_items(
         self,
@@ -221,6 +234,8 @@ class MemoryStore:
         clean_alerts = [clean_alert(a) for a in alerts]
         chosen = clean_targets(targets)
         prepared = [(item, stored_item(item, feed, now)) for item in first_per_key(items)]
+        if lease_taken(row.lease_owner, self.owner):
+            return Recorded((), 0, 0)
         new_items = self._store_items(feed, prepared, now)
         n_alerts, n_deliveries = self._store_alerts(
             feed, clean_alerts, {i.key for i in new_items}, chosen, now
@@ -240,14 +255,14 @@ class MemoryStore:
             consecutive_failures=0,
             seeded=True,
             items_seen=row.state.items_seen + len(new_items),
-            last_warning=warning,
+            last_warning=clean_text(warning),
             failing_since=None,
             last_new_at=last_new_at,
             cadence=cadence,
             ttl=ttl,
         )
         row.last_fetched_at = now
-        row.lease_until = None
+        row.lease_until = row.lease_owner = None
         return Recorded(tuple(new_items), n_alerts, n_deliveries)
 
     def _store_items(
@@ -303,6 +318,8 @@ class MemoryStore:
     ) -> None:
         row = self._feed(feed)
         now = utc(now)
+        if lease_taken(row.lease_owner, self.owner):
+            return
         row.state = replace(
             row.state,
             cache=row.state.cache if cache is None else CacheInfo(cache.etag, cache.last_modified),
@@ -313,13 +330,16 @@ class MemoryStore:
             consecutive_failures=0,
             failing_since=None,
         )
-        row.lease_until = None
+        row.lease_until = row.lease_owner = None
 
     async def record_failure(
         self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False
     ) -> None:
         row = self._feed(feed)
         now = utc(now)
+        if lease_taken(row.lease_owner, self.owner):
+            return
+        error = clean_text(error)
         row.state = replace(
             row.state,
             next_poll_at=utc(next_poll_at),
@@ -330,7 +350,7 @@ class MemoryStore:
             dead_since=now if dead else row.state.dead_since,
             dead_reason=error if dead else row.state.dead_reason,
         )
-        row.lease_until = None
+        row.lease_until = row.lease_owner = None
 
     async def revive_feeds(self, names: Sequence[str], now: datetime) -> list[str]:
         self._check()
@@ -359,6 +379,8 @@ class MemoryStore:
         row = self._feed(feed)
         now = utc(now)
         written = 0
+        if row.state.notice == kind:  # recorded already: once per change
+            return 0
         if alert is not None:
             clean = clean_alert(alert)
             chosen = clean_targets(targets)
@@ -387,8 +409,8 @@ class MemoryStore:
         self._check()
         for name in names:
             row = self._feeds.get(name)
-            if row is not None:
-                row.lease_until = None
+            if row is not None and not lease_taken(row.lease_owner, self.owner):
+                row.lease_until = row.lease_owner = None
 
     # --- items -----------------------------------------------------------------------------
 
@@ -432,6 +454,7 @@ class MemoryStore:
         claimed = self._due(channel, now, limit, skip_targets)
         for row in claimed:
             row.lease_until = now + lease
+            row.lease_owner = self.owner
         return [self._to_delivery(row) for row in claimed]
 
     async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
@@ -439,15 +462,36 @@ class MemoryStore:
         self._check()
         for delivery_id in delivery_ids:
             row = self._deliveries.get(delivery_id)
-            if row is not None and row.status is DeliveryStatus.PENDING:
-                row.lease_until = None
+            if (
+                row is not None
+                and row.status is DeliveryStatus.PENDING
+                and not lease_taken(row.lease_owner, self.owner)
+            ):
+                row.lease_until = row.lease_owner = None
+
+    async def extend_claims(
+        self, delivery_ids: Sequence[int], now: datetime, lease: timedelta
+    ) -> list[int]:
+        self._check()
+        until = utc(now) + lease
+        kept: list[int] = []
+        for delivery_id in dict.fromkeys(delivery_ids):
+            row = self._deliveries.get(delivery_id)
+            if (
+                row is not None
+                and row.status is DeliveryStatus.PENDING
+                and row.lease_owner == self.owner
+            ):
+                row.lease_until = until
+                kept.append(delivery_id)
+        return kept
 
     async def mark_sent(self, delivery_id: int, now: datetime) -> None:
         row = self._delivery(delivery_id)
         if row.status is not DeliveryStatus.SENT:
             row.status = DeliveryStatus.SENT
             row.sent_at = utc(now)
-        row.lease_until = None
+        row.lease_until = row.lease_owner = None
 
     async def mark_retry(
         self,
@@ -464,17 +508,18 @@ class MemoryStore:
         if row.status is DeliveryStatus.PENDING:
             if attempt:
                 row.attempts += 1
-            row.last_error = error
+            row.last_error = clean_text(error)
             row.next_attempt_at = utc(retry_at)
-            row.lease_until = None
+            if not lease_taken(row.lease_owner, self.owner):  # another store's claim stays
+                row.lease_until = row.lease_owner = None
 
     async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
         row = self._delivery(delivery_id)
         if row.status is DeliveryStatus.PENDING:
             row.status = DeliveryStatus.FAILED
             row.attempts += 1
-            row.last_error = error
-            row.lease_until = None
+            row.last_error = clean_text(error)
+            row.lease_until = row.lease_owner = None
 
     async def pending_count(self, channel: str | None = None) -> int:
         self._check()
@@ -647,7 +692,7 @@ class MemoryStore:
             if row.status is not DeliveryStatus.SENT:
                 row.status = DeliveryStatus.SENT
                 row.sent_at = now
-            row.lease_until = None
+            row.lease_until = row.lease_owner = None
 
     async def due_deliveries(
         self,
@@ -685,7 +730,7 @@ class MemoryStore:
                 and row.status is DeliveryStatus.PENDING
                 and row.lease_until is not None
             ):
-                row.lease_until = None
+                row.lease_until = row.lease_owner = None
                 released += 1
         return released
 

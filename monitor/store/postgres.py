@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -25,6 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.errors import StoreError
@@ -58,6 +61,25 @@ CONNECT_TIMEOUT = 10
 #: the connection holding a lead is alive.
 LEAD_RETRY = 15.0
 LEAD_CHECK = 10.0
+#: Seconds the liveness check of a lead's connection may take before the lead counts as lost.
+LEAD_CHECK_TIMEOUT = 10.0
+#: Seconds between tries for a channel's digest lock another worker holds (`digest_lock`).
+DIGEST_RETRY = 2.0
+#: Every statement's limit: a query stuck on a lock or a dying server fails (and the call
+#: with it) instead of holding a pooled connection for good.
+STATEMENT_TIMEOUT = "60s"
+#: libpq settings noticing a silently dead server or network within about half a minute
+#: (TCP keepalives, and a bound on unacknowledged writes).
+KEEPALIVE: dict[str, str | int | None] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30000,
+}
+#: Tries of one call whose transaction PostgreSQL chose as a deadlock victim (or could not
+#: serialise): rolled back, so run again whole.
+_TRIES = 2
 
 
 def split_state(state: str) -> tuple[str, str | None]:
@@ -113,6 +135,12 @@ class PostgresStore:
         self._schema = ""
         self._lifecycle = asyncio.Lock()
         self._not_modified: Batcher[NotModified] = Batcher(self._record_not_modified)
+        #: Seconds between tries for a digest lock another worker holds.
+        self.digest_retry = DIGEST_RETRY
+        #: Seconds a lead's liveness check may take.
+        self.lead_check_timeout = LEAD_CHECK_TIMEOUT
+        #: This store's claims carry this id (`lease_owner`): see the Store docstring.
+        self.owner = uuid.uuid4().hex
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where.label!r}, schema={self.schema!r})"
@@ -130,6 +158,11 @@ class PostgresStore:
                 max_size=self._pool_size,
                 kwargs=self._connect_kwargs(),
                 configure=self._configure,
+                # A connection is checked before it is lent (one lost while idle is replaced,
+                # not handed to a call that would fail), and unlocked when given back: a
+                # session advisory lock must never outlive its holder's block.
+                check=AsyncConnectionPool.check_connection,
+                reset=_unlock_all,
                 timeout=CONNECT_TIMEOUT,
                 name="monitor-state",
                 open=False,
@@ -163,16 +196,19 @@ class PostgresStore:
     ) -> None:
         await self.close()
 
-    def _connect_kwargs(self) -> dict[str, object]:
-        return {"connect_timeout": CONNECT_TIMEOUT, "application_name": self.application_name}
+    def _connect_kwargs(self) -> dict[str, str | int | None]:
+        return {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": self.application_name,
+            **KEEPALIVE,
+        }
 
     async def _prepare(self) -> str:
         """Connect once (the error says exactly why when it fails), create the schema and
         migrate it, or check it for a read-only or shared open; returns the schema."""
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                self._dsn, connect_timeout=CONNECT_TIMEOUT, application_name=self.application_name
-            )
+            conninfo = make_conninfo(self._dsn, **self._connect_kwargs())
+            conn = await psycopg.AsyncConnection.connect(conninfo)
         except psycopg.Error as exc:
             # `from None`: libpq's own message is in ours, scrubbed; the chained one is not.
             raise StoreError(describe_error(self.where, exc, connecting=True)) from None
@@ -195,6 +231,7 @@ class PostgresStore:
         settings = [
             sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)),
             sql.SQL("SET TIME ZONE 'UTC'"),
+            sql.SQL("SET statement_timeout = {}").format(sql.Literal(STATEMENT_TIMEOUT)),
         ]
         if self.read_only:
             settings.append(sql.SQL("SET default_transaction_read_only = on"))
@@ -208,11 +245,22 @@ class PostgresStore:
 
     async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         """`work` in one transaction on a pooled connection: committed when it returns,
-        rolled back when it raises; psycopg errors become StoreError."""
+        rolled back when it raises; psycopg errors become StoreError. A transaction chosen as
+        a deadlock victim (or failing to serialise) wrote nothing and is run once more."""
         pool = self._require()
+        tries = 1
         try:
-            async with pool.connection() as conn:
-                return await work(conn)
+            while True:
+                try:
+                    async with pool.connection() as conn:
+                        return await work(conn)
+                except (
+                    psycopg.errors.DeadlockDetected,
+                    psycopg.errors.SerializationFailure,
+                ):
+                    if tries >= _TRIES:
+                        raise
+                    tries += 1
         except psycopg.Error as exc:
             raise StoreError(describe_error(self.where, exc)) from exc
         except UnicodeEncodeError as exc:
@@ -229,7 +277,9 @@ class PostgresStore:
         await self._run(lambda c: feeds_sql.sync_feeds(c, specs, now, lock))
 
     async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
-        return await self._run(lambda c: feeds_sql.claim_due_feeds(c, now, limit, lease))
+        return await self._run(
+            lambda c: feeds_sql.claim_due_feeds(c, now, limit, lease, self.owner)
+        )
 
     async def feed_state(self, name: str) -> FeedState | None:
         return await self._run(lambda c: feeds_sql.get_feed_state(c, name))
@@ -272,6 +322,7 @@ class PostgresStore:
                 warning=warning,
                 targets=chosen,
                 ttl=ttl,
+                owner=self.owner,
             )
         )
 
@@ -291,12 +342,22 @@ class PostgresStore:
         self, polls: Sequence[NotModified]
     ) -> Sequence[StoreError | None]:
         polls = tuple(polls)
-        return await self._run(lambda c: feeds_sql.record_not_modified(c, polls))
+        try:
+            return await self._run(lambda c: feeds_sql.record_not_modified(c, polls, self.owner))
+        except StoreError:
+            # Nothing of the batch was written: hand the claims back at once (the feeds are
+            # polled again now) rather than keep them for a lease nobody will finish.
+            names = tuple(dict.fromkeys(poll[0] for poll in polls))
+            with contextlib.suppress(StoreError):
+                await self._run(lambda c: feeds_sql.release_feeds(c, names, self.owner))
+            raise
 
     async def record_failure(
         self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False
     ) -> None:
-        await self._run(lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at, dead))
+        await self._run(
+            lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at, dead, self.owner)
+        )
 
     async def revive_feeds(self, names: Sequence[str], now: datetime) -> list[str]:
         wanted = list(names)
@@ -324,7 +385,7 @@ class PostgresStore:
     async def release_feeds(self, names: Sequence[str]) -> None:
         wanted = tuple(names)
         if wanted:
-            await self._run(lambda c: feeds_sql.release_feeds(c, wanted))
+            await self._run(lambda c: feeds_sql.release_feeds(c, wanted, self.owner))
         else:
             self._require()
 
@@ -345,12 +406,18 @@ class PostgresStore:
     ) -> list[Delivery]:
         skip = frozenset(skip_targets)
         return await self._run(
-            lambda c: outbox_sql.claim_deliveries(c, channel, now, limit, lease, skip)
+            lambda c: outbox_sql.claim_deliveries(c, channel, now, limit, lease, skip, self.owner)
         )
 
     async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
         ids = tuple(delivery_ids)
-        await self._run(lambda c: outbox_sql.release_deliveries(c, ids))
+        await self._run(lambda c: outbox_sql.release_deliveries(c, ids, self.owner))
+
+    async def extend_claims(
+        self, delivery_ids: Sequence[int], now: datetime, lease: timedelta
+    ) -> list[int]:
+        ids = tuple(delivery_ids)
+        return await self._run(lambda c: outbox_sql.extend_claims(c, ids, now, lease, self.owner))
 
     async def mark_sent(self, delivery_id: int, now: datetime) -> None:
         await self._run(lambda c: outbox_sql.mark_sent(c, delivery_id, now))
@@ -364,7 +431,9 @@ class PostgresStore:
         retry_at: datetime,
         attempt: bool = True,
     ) -> None:
-        await self._run(lambda c: outbox_sql.mark_retry(c, delivery_id, error, retry_at, attempt))
+        await self._run(
+            lambda c: outbox_sql.mark_retry(c, delivery_id, error, retry_at, attempt, self.owner)
+        )
 
     async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
         await self._run(lambda c: outbox_sql.mark_failed(c, delivery_id, error))
@@ -408,36 +477,28 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def digest_lock(self, channel: str) -> AsyncIterator[None]:
-        """A session advisory lock per channel on a connection of its own, held while the
-        block runs: the workers' digests of one channel run one after the other. Released
-        when the block ends, or by PostgreSQL when the holder's connection dies."""
+        """A session advisory lock per channel, tried every `digest_retry` seconds until this
+        worker gets it (a pooled connection is held only while the lock is), held on that
+        connection while the block runs: the workers' digests of one channel run one after
+        the other. Released when the block ends, or by PostgreSQL when the holder's
+        connection dies."""
         pool = self._require()
         key = (LOCK_CLASS, lock_key("digest", self._schema, channel))
+        conn = await self._hold(pool, key, self.digest_retry)
         try:
-            conn = await pool.getconn()
-        except psycopg.Error as exc:
-            raise StoreError(describe_error(self.where, exc)) from exc
-        held = False
-        try:
-            try:
-                await conn.execute("SELECT pg_advisory_lock(%s, %s)", key)
-                await conn.commit()
-                held = True
-            except psycopg.Error as exc:
-                raise StoreError(describe_error(self.where, exc)) from exc
             yield
         finally:
-            await self._unlock(pool, conn, key if held else None)
+            await self._let_go(pool, conn, key)
 
     @contextlib.asynccontextmanager
     async def lead(self, role: str) -> AsyncIterator[asyncio.Event]:
         """A session advisory lock for `role`, tried every `lead_retry` seconds until this
         worker gets it, on a connection of its own checked every `lead_check` seconds: when
-        that connection dies, PostgreSQL has dropped the lock (another worker may take it),
-        and `lost` is set."""
+        that connection dies (or a check fails or hangs, and it is closed), PostgreSQL has
+        dropped the lock (another worker may take it), and `lost` is set."""
         pool = self._require()
         key = (LOCK_CLASS, lock_key("lead", self._schema, role))
-        conn = await self._take_lead(pool, key)
+        conn = await self._hold(pool, key, self.lead_retry)
         lost = asyncio.Event()
         watch = asyncio.get_running_loop().create_task(self._watch_lead(conn, lost))
         try:
@@ -445,49 +506,69 @@ class PostgresStore:
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
-            await self._unlock(pool, conn, None if lost.is_set() else key)
+            await self._let_go(pool, conn, key)
 
-    async def _take_lead(self, pool: AsyncConnectionPool[Conn], key: tuple[int, int]) -> Conn:
+    async def _hold(
+        self, pool: AsyncConnectionPool[Conn], key: tuple[int, int], retry: float
+    ) -> Conn:
+        """The connection holding the session lock `key`, tried every `retry` seconds; the
+        connection goes back to the pool between tries (waiting holds none)."""
         while True:
-            try:
-                conn = await pool.getconn()
-            except psycopg.Error as exc:
-                raise StoreError(describe_error(self.where, exc)) from exc
-            try:
-                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
-                row = await cursor.fetchone()
-                await conn.commit()
-            except BaseException as exc:
-                await self._unlock(pool, conn, None)
-                if isinstance(exc, psycopg.Error):
-                    raise StoreError(describe_error(self.where, exc)) from exc
-                raise
-            if row is not None and row[0]:
+            conn = await self._try_lock(pool, key)
+            if conn is not None:
                 return conn
-            await pool.putconn(conn)
-            await asyncio.sleep(self.lead_retry)
+            await asyncio.sleep(retry)
+
+    async def _try_lock(self, pool: AsyncConnectionPool[Conn], key: tuple[int, int]) -> Conn | None:
+        """One try: the pooled connection now holding `key`, or None (given back). Whatever
+        interrupts the try (cancellation, a lost connection) closes the connection: the lock
+        may have been granted, and closing is what surely drops it."""
+        try:
+            conn = await pool.getconn()
+        except psycopg.Error as exc:
+            raise StoreError(describe_error(self.where, exc)) from exc
+        try:
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
+            row = await cursor.fetchone()
+            await conn.commit()
+        except BaseException as exc:
+            await _discard(pool, conn)
+            if isinstance(exc, psycopg.Error):
+                raise StoreError(describe_error(self.where, exc)) from exc
+            raise
+        if row is not None and row[0]:
+            return conn
+        await pool.putconn(conn)
+        return None
 
     async def _watch_lead(self, conn: Conn, lost: asyncio.Event) -> None:
+        """Every `lead_check` seconds, a check bounded by `lead_check_timeout`: one that fails
+        or hangs closes the connection (so the lock is surely gone, not held by a connection
+        this worker no longer trusts) and sets `lost`."""
         while True:
             await asyncio.sleep(self.lead_check)
             try:
-                await conn.execute("SELECT 1")
-                await conn.commit()
-            except psycopg.Error:
+                await asyncio.wait_for(_ping(conn), timeout=self.lead_check_timeout)
+            except (psycopg.Error, TimeoutError):
+                await conn.close()
                 lost.set()
                 return
 
-    async def _unlock(
-        self, pool: AsyncConnectionPool[Conn], conn: Conn, key: tuple[int, int] | None
+    async def _let_go(
+        self, pool: AsyncConnectionPool[Conn], conn: Conn, key: tuple[int, int]
     ) -> None:
-        """Give the digest lock back, and the connection to the pool; a connection that
-        could not unlock (or was cut off while waiting) is closed, which drops the lock."""
+        """Give the session lock `key` back, and its connection to the pool. A connection not
+        idle (a check or a try cut off midway), or one that fails to unlock, or an unlock
+        interrupted, is closed instead: that drops every session lock it held, and the pool
+        replaces it. Never raises a psycopg error."""
         try:
-            if key is not None:
+            if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
                 await conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
                 await conn.commit()
-            elif not conn.closed:
-                await conn.rollback()
+            else:
+                await conn.close()
+        except psycopg.Error:
+            await conn.close()  # the lock went with the connection: nothing left to report
         except BaseException:
             await conn.close()
             raise
@@ -513,7 +594,8 @@ class PostgresStore:
     # --- housekeeping ----------------------------------------------------------------------
 
     async def prune(self, now: datetime, retention: Retention) -> Pruned:
-        return await self._run(lambda c: outbox_sql.prune(c, now, retention))
+        lock = (LOCK_CLASS, lock_key("prune", self._schema))
+        return await self._run(lambda c: outbox_sql.prune(c, now, retention, lock))
 
     # --- digests: outbox operations --------------------------------------------------------
 
@@ -536,3 +618,24 @@ class PostgresStore:
 
     async def claimed_count(self, channel: str, now: datetime) -> int:
         return await self._run(lambda c: health_sql.claimed_count(c, channel, now))
+
+
+async def _ping(conn: Conn) -> None:
+    await conn.execute("SELECT 1")
+    await conn.commit()
+
+
+async def _unlock_all(conn: Conn) -> None:
+    """The pool's reset, run on every connection given back: no session advisory lock stays
+    with a pooled connection, whatever path gave it back."""
+    await conn.execute("SELECT pg_advisory_unlock_all()")
+    await conn.commit()
+
+
+async def _discard(pool: AsyncConnectionPool[Conn], conn: Conn) -> None:
+    """Close `conn` (dropping any session lock it holds) and hand it to the pool, which
+    replaces it."""
+    try:
+        await conn.close()
+    finally:
+        await pool.putconn(conn)

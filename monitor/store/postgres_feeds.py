@@ -18,10 +18,13 @@ from monitor.sources.identity import fingerprint
 from monitor.store.codec import json_to_tags, matches_to_json, tags_to_json, utc
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
+    LEASE_TAKEN,
     NotModified,
+    clean_text,
     delivery_targets,
     first_per_key,
     first_poll_at,
+    lease_taken,
     next_cadence,
     stored_item,
     unstorable,
@@ -87,11 +90,26 @@ async def scheduling_only(conn: Conn) -> None:
     await conn.execute("SET LOCAL synchronous_commit = off")
 
 
-async def require_feed(conn: Conn, name: str, *, lock: bool = False) -> Any:
-    """The feed's (seeded, last_new_at, cadence), its row locked with `lock`; StoreError for
-    a feed never synced."""
+async def lock_feeds(conn: Conn, names: Sequence[str]) -> dict[str, str | None]:
+    """Lock the rows of these feeds, in name order (by code point), before a statement that
+    updates several of them: every transaction locking several feed rows takes them in this
+    one order, so two of them never wait for each other (a deadlock). Returns the lease
+    owner of each feed found."""
+    if not names:
+        return {}
     cursor = await conn.execute(
-        "SELECT seeded, last_new_at, cadence FROM feeds WHERE name = %s"
+        'SELECT name, lease_owner FROM feeds WHERE name = ANY(%s) ORDER BY name COLLATE "C"'
+        " FOR UPDATE",
+        (sorted(set(names)),),
+    )
+    return {row[0]: row[1] for row in await cursor.fetchall()}
+
+
+async def require_feed(conn: Conn, name: str, *, lock: bool = False) -> Any:
+    """The feed's (seeded, last_new_at, cadence, lease_owner), its row locked with `lock`;
+    StoreError for a feed never synced."""
+    cursor = await conn.execute(
+        "SELECT seeded, last_new_at, cadence, lease_owner FROM feeds WHERE name = %s"
         + (" FOR UPDATE" if lock else ""),
         (name,),
     )
@@ -116,6 +134,8 @@ async def sync_feeds(
     stored = {name: (url, active) for name, url, active in await cursor.fetchall()}
     # Only rows whose flag changes are written: the others may be claimed by a worker.
     flipped = [name for name, (_, active) in stored.items() if (name in configured) != active]
+    moved = [s for s in configured.values() if s.name in stored and stored[s.name][0] != s.url]
+    await lock_feeds(conn, [*flipped, *(s.name for s in moved)])
     if flipped:
         await conn.execute("UPDATE feeds SET active = NOT active WHERE name = ANY(%s)", (flipped,))
     added = [s for s in configured.values() if s.name not in stored]
@@ -129,32 +149,34 @@ async def sync_feeds(
                 [first_poll_at(s.name, s.interval, now, len(added)) for s in added],
             ),
         )
-    # Another URL may be another source: seed it again rather than risk a flood.
-    moved = [s for s in configured.values() if s.name in stored and stored[s.name][0] != s.url]
+    # Another URL may be another source: seed it again rather than risk a flood, and take a
+    # claim away: the poll of the old URL in flight must not record the feed as seeded.
     if moved:
         await conn.execute(
             "UPDATE feeds SET url = m.url, etag = NULL, last_modified = NULL, seeded = false,"
             " dead_since = NULL, dead_reason = '', failing_since = NULL,"
-            " consecutive_failures = 0"
+            " consecutive_failures = 0, lease_until = NULL,"
+            " lease_owner = CASE WHEN lease_owner IS NULL AND lease_until IS NULL THEN NULL"
+            " ELSE %s END"
             " FROM unnest(%s::text[], %s::text[]) AS m(name, url) WHERE feeds.name = m.name",
-            ([s.name for s in moved], [s.url for s in moved]),
+            (LEASE_TAKEN, [s.name for s in moved], [s.url for s in moved]),
         )
 
 
 async def claim_due_feeds(
-    conn: Conn, now: datetime, limit: int, lease: timedelta
+    conn: Conn, now: datetime, limit: int, lease: timedelta, owner: str
 ) -> list[FeedState]:
     """Walks the due-time index; rows another worker is claiming right now are skipped, and
     rows it claimed meanwhile fail the lease test when re-checked after its commit."""
     now = utc(now)
     await scheduling_only(conn)
     cursor = await conn.execute(
-        f"UPDATE feeds SET lease_until = %(until)s FROM ("
+        f"UPDATE feeds SET lease_until = %(until)s, lease_owner = %(owner)s FROM ("
         " SELECT name FROM feeds WHERE active AND dead_since IS NULL AND next_poll_at <= %(now)s"
         " AND (lease_until IS NULL OR lease_until <= %(now)s)"
         ' ORDER BY next_poll_at, name COLLATE "C" LIMIT %(limit)s FOR UPDATE SKIP LOCKED'
         f") AS due WHERE feeds.name = due.name RETURNING {_qualified('feeds', FEED_COLUMNS)}",
-        {"until": now + lease, "now": now, "limit": max(limit, 0)},
+        {"until": now + lease, "now": now, "limit": max(limit, 0), "owner": owner},
     )
     states = [feed_state(row) for row in await cursor.fetchall()]
     # RETURNING keeps no order: oldest first, as the contract says.
@@ -177,23 +199,33 @@ async def feed_states(conn: Conn) -> list[FeedState]:
     return sorted((feed_state(row) for row in await cursor.fetchall()), key=lambda s: s.name)
 
 
-async def record_not_modified(conn: Conn, polls: Sequence[NotModified]) -> list[StoreError | None]:
+async def record_not_modified(
+    conn: Conn, polls: Sequence[NotModified], owner: str
+) -> list[StoreError | None]:
     """Record many 304s in one statement of one transaction; for each poll, in order, None or
-    the StoreError for it alone (a feed never synced, text that cannot be stored)."""
+    the StoreError for it alone (a feed never synced, text that cannot be stored). A feed
+    whose claim was taken (see `Store.record_items`) is left alone, without error."""
     outcomes = [unstorable(poll) for poll in polls]
     # A feed twice in one batch: its last 304 counts (one UPDATE row per feed).
     last = {poll[0]: poll for poll, error in zip(polls, outcomes, strict=True) if error is None}
-    rows = list(last.values())
     await scheduling_only(conn)
-    cursor = await conn.execute(
+    # The rows locked in name order first: the UPDATE ... FROM unnest below would lock them
+    # in whatever order its join runs, and two batches could wait for each other.
+    found = await lock_feeds(conn, list(last))
+    rows = [
+        poll for name, poll in last.items() if name in found and not lease_taken(found[name], owner)
+    ]
+    if not rows:
+        return _not_modified_outcomes(polls, outcomes, found)
+    await conn.execute(
         "UPDATE feeds AS f SET next_poll_at = v.next, last_polled_at = v.now,"
         " last_success_at = v.now, last_error = '', consecutive_failures = 0,"
-        " failing_since = NULL, lease_until = NULL,"
+        " failing_since = NULL, lease_until = NULL, lease_owner = NULL,"
         " etag = CASE WHEN v.replace THEN v.etag ELSE f.etag END,"
         " last_modified = CASE WHEN v.replace THEN v.last_modified ELSE f.last_modified END"
         " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::bool[],"
         " %s::text[], %s::text[]) AS v(name, now, next, replace, etag, last_modified)"
-        " WHERE f.name = v.name RETURNING f.name",
+        " WHERE f.name = v.name",
         (
             [feed for feed, _, _, _ in rows],
             [utc(now) for _, now, _, _ in rows],
@@ -203,7 +235,12 @@ async def record_not_modified(conn: Conn, polls: Sequence[NotModified]) -> list[
             [None if cache is None else cache.last_modified for _, _, _, cache in rows],
         ),
     )
-    found = {row[0] for row in await cursor.fetchall()}
+    return _not_modified_outcomes(polls, outcomes, found)
+
+
+def _not_modified_outcomes(
+    polls: Sequence[NotModified], outcomes: Sequence[StoreError | None], found: Mapping[str, object]
+) -> list[StoreError | None]:
     return [
         error
         if error is not None or poll[0] in found
@@ -213,42 +250,65 @@ async def record_not_modified(conn: Conn, polls: Sequence[NotModified]) -> list[
 
 
 async def record_failure(
-    conn: Conn, feed: str, error: str, now: datetime, next_poll_at: datetime, dead: bool
+    conn: Conn,
+    feed: str,
+    error: str,
+    now: datetime,
+    next_poll_at: datetime,
+    dead: bool,
+    owner: str,
 ) -> None:
+    """Nothing is written when the feed's claim was taken (see `Store.record_items`)."""
     if not dead:  # declaring a feed dead is kept for sure
         await scheduling_only(conn)
     cursor = await conn.execute(
         "UPDATE feeds SET next_poll_at = %(next)s, last_polled_at = %(now)s,"
         " last_error = %(error)s, consecutive_failures = consecutive_failures + 1,"
-        " lease_until = NULL, failing_since = COALESCE(failing_since, %(now)s),"
+        " lease_until = NULL, lease_owner = NULL,"
+        " failing_since = COALESCE(failing_since, %(now)s),"
         " dead_since = CASE WHEN %(dead)s THEN %(now)s ELSE dead_since END,"
         " dead_reason = CASE WHEN %(dead)s THEN %(error)s ELSE dead_reason END"
-        " WHERE name = %(feed)s",
-        {"next": utc(next_poll_at), "now": utc(now), "error": error, "dead": dead, "feed": feed},
+        " WHERE name = %(feed)s AND (lease_owner IS NULL OR lease_owner = %(owner)s)",
+        {
+            "next": utc(next_poll_at),
+            "now": utc(now),
+            "error": clean_text(error),
+            "dead": dead,
+            "feed": feed,
+            "owner": owner,
+        },
     )
     if cursor.rowcount == 0:
         await require_feed(conn, feed)
 
 
-async def release_feeds(conn: Conn, names: Sequence[str]) -> None:
+async def release_feeds(conn: Conn, names: Sequence[str], owner: str) -> None:
+    """Only this store's claims (and claims of no one's, from an older version)."""
     await scheduling_only(conn)
-    await conn.execute(
-        "UPDATE feeds SET lease_until = NULL WHERE name = ANY(%s) AND lease_until IS NOT NULL",
-        (list(names),),
-    )
+    found = await lock_feeds(conn, names)
+    mine = [name for name, held in found.items() if not lease_taken(held, owner)]
+    if mine:
+        await conn.execute(
+            "UPDATE feeds SET lease_until = NULL, lease_owner = NULL WHERE name = ANY(%s)"
+            " AND (lease_until IS NOT NULL OR lease_owner IS NOT NULL)",
+            (mine,),
+        )
 
 
 # --- items -------------------------------------------------------------------------------------
 
 
 async def unseen(conn: Conn, feed: str, keys: Sequence[str]) -> set[str]:
-    wanted = set(keys)
+    """Keys compared as stored (`clean_text`); the ones returned as given."""
+    wanted = {key: clean_text(key) for key in keys}
     if not wanted:
         return set()
     cursor = await conn.execute(
-        "SELECT key FROM items WHERE feed = %s AND key = ANY(%s)", (feed, list(wanted))
+        "SELECT key FROM items WHERE feed = %s AND key = ANY(%s)",
+        (feed, sorted(set(wanted.values()))),
     )
-    return wanted - {row[0] for row in await cursor.fetchall()}
+    stored = {row[0] for row in await cursor.fetchall()}
+    return {key for key, kept in wanted.items() if kept not in stored}
 
 
 async def record_items(
@@ -263,12 +323,15 @@ async def record_items(
     warning: str,
     targets: Mapping[str, tuple[str, ...]],
     ttl: int | None,
+    owner: str,
 ) -> Recorded:
     """`alerts` cleaned and `targets` checked by the caller; items are converted here, before
-    the first statement."""
+    the first statement. Nothing is written when the claim was taken."""
     now, next_poll_at = utc(now), utc(next_poll_at)
     unique = [(given, stored_item(given, feed, now)) for given in first_per_key(items)]
-    seeded, last_new_at, cadence_s = await require_feed(conn, feed, lock=True)
+    seeded, last_new_at, cadence_s, held = await require_feed(conn, feed, lock=True)
+    if lease_taken(held, owner):
+        return Recorded((), 0, 0)
     fresh = await _insert_items(conn, feed, [kept for _, kept in unique], now)
     new = [(given, kept) for given, kept in unique if kept.key in fresh]
     await _refresh_last_seen(conn, feed, [k.key for _, k in unique if k.key not in fresh], now)
@@ -283,6 +346,7 @@ async def record_items(
         " next_poll_at = %(next)s, last_polled_at = %(now)s, last_success_at = %(now)s,"
         " last_error = '', consecutive_failures = 0, seeded = true,"
         " items_seen = items_seen + %(new)s, last_warning = %(warning)s, lease_until = NULL,"
+        " lease_owner = NULL,"
         " last_fetched_at = %(now)s, failing_since = NULL, last_new_at = %(last_new_at)s,"
         " cadence = %(cadence)s, ttl = %(ttl)s WHERE name = %(feed)s",
         {
@@ -291,7 +355,7 @@ async def record_items(
             "next": next_poll_at,
             "now": now,
             "new": len(new),
-            "warning": warning,
+            "warning": clean_text(warning),
             "last_new_at": last_new_at,
             "cadence": None if cadence is None else cadence.total_seconds(),
             "ttl": ttl,
@@ -334,11 +398,15 @@ async def _insert_items(conn: Conn, feed: str, kept: Sequence[Item], now: dateti
 
 
 async def _refresh_last_seen(conn: Conn, feed: str, keys: Sequence[str], now: datetime) -> None:
+    """The rows locked in key order (by code point) first, the order `prune` locks them in
+    too: the two never wait for each other."""
     if keys:
         await conn.execute(
-            "UPDATE items SET last_seen_at = %s WHERE feed = %s AND key = ANY(%s)"
-            " AND last_seen_at < %s",
-            (now, feed, list(keys), now - LAST_SEEN_REFRESH),
+            "UPDATE items SET last_seen_at = %(now)s FROM ("
+            " SELECT feed, key FROM items WHERE feed = %(feed)s AND key = ANY(%(keys)s)"
+            ' AND last_seen_at < %(stale)s ORDER BY key COLLATE "C" FOR UPDATE'
+            ") AS stale WHERE items.feed = stale.feed AND items.key = stale.key",
+            {"now": now, "feed": feed, "keys": list(keys), "stale": now - LAST_SEEN_REFRESH},
         )
 
 

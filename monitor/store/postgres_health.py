@@ -10,7 +10,7 @@ from monitor.models import Alert, Item
 from monitor.sources.identity import fingerprint
 from monitor.store.codec import utc
 from monitor.store.common import WORKER_TTL
-from monitor.store.postgres_feeds import insert_alerts, opt_dt, require_feed
+from monitor.store.postgres_feeds import insert_alerts, lock_feeds, opt_dt, require_feed
 from monitor.store.postgres_schema import Conn
 from monitor.store.protocol import Worker
 
@@ -19,6 +19,7 @@ from monitor.store.protocol import Worker
 
 async def revive_feeds(conn: Conn, names: Sequence[str], now: datetime) -> list[str]:
     wanted = list(dict.fromkeys(names))
+    await lock_feeds(conn, wanted)  # in name order, like every write of several feeds
     cursor = await conn.execute(
         "UPDATE feeds SET dead_since = NULL, dead_reason = '', failing_since = NULL,"
         " consecutive_failures = 0, next_poll_at = %s WHERE name = ANY(%s) RETURNING name",
@@ -36,13 +37,20 @@ async def record_notice(
     now: datetime,
     targets: Mapping[str, tuple[str, ...]],
 ) -> int:
-    """`alert` cleaned and `targets` checked by the caller."""
+    """`alert` cleaned and `targets` checked by the caller. Conditional: of two workers
+    recording the same notice at once, the second finds it set and writes nothing."""
     now = utc(now)
-    await require_feed(conn, feed, lock=True)
+    cursor = await conn.execute(
+        "UPDATE feeds SET notice = %s WHERE name = %s AND notice IS DISTINCT FROM %s"
+        " RETURNING name",
+        (kind, feed, kind),
+    )
+    if await cursor.fetchone() is None:
+        await require_feed(conn, feed)  # StoreError for an unknown feed
+        return 0
     written = 0
     if alert is not None:
         _, written = await insert_alerts(conn, feed, [alert], {alert.item_key}, targets, now)
-    await conn.execute("UPDATE feeds SET notice = %s WHERE name = %s", (kind, feed))
     return written
 
 
@@ -114,7 +122,7 @@ async def set_last_digest(conn: Conn, channel: str, at: datetime) -> None:
 
 async def release_claims(conn: Conn, channel: str) -> int:
     cursor = await conn.execute(
-        "UPDATE deliveries SET lease_until = NULL"
+        "UPDATE deliveries SET lease_until = NULL, lease_owner = NULL"
         " WHERE channel = %s AND status = 'pending' AND lease_until IS NOT NULL",
         (channel,),
     )

@@ -32,6 +32,10 @@ LOCK_CLASS = 0x6D6F6E
 #: The table holding the applied schema versions, one row each.
 VERSION_TABLE = "monitor_schema"
 
+#: How long a migration waits for a table lock (another session's long transaction on a
+#: table it alters) before it fails, rather than queue every worker's queries behind it.
+MIGRATION_LOCK_TIMEOUT = "30s"
+
 
 def lock_key(purpose: str, schema: str, name: str = "") -> int:
     """A stable int4 objid for the advisory lock on `purpose` (and `name`) in `schema`: each
@@ -151,13 +155,22 @@ async def set_search_path(conn: Conn, schema: str) -> None:
     await conn.commit()
 
 
-async def schema_version(conn: Conn) -> int:
-    """The applied version; 0 for a schema without monitor's tables."""
-    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,))
+def version_table(schema: str) -> sql.Composed:
+    """`schema`.monitor_schema: qualified, so that a table of that name elsewhere on the
+    search_path is never read for this schema's version."""
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(VERSION_TABLE))
+
+
+async def schema_version(conn: Conn, schema: str) -> int:
+    """The version applied to `schema`; 0 for a schema without monitor's tables."""
+    table = version_table(schema).as_string(conn)
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
     row = await cursor.fetchone()
     if row is None or not row[0]:
         return 0
-    cursor = await conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}")
+    cursor = await conn.execute(
+        sql.SQL("SELECT max(version) FROM {}").format(version_table(schema))
+    )
     found = await cursor.fetchone()
     return int(found[0]) if found is not None and found[0] is not None else 0
 
@@ -177,11 +190,20 @@ async def migrate(
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+                # After the advisory lock (a worker waits for another's migration as long as
+                # it takes): the DDL itself must not wait forever for a table lock.
                 await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
-                    " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(
+                        sql.Literal(MIGRATION_LOCK_TIMEOUT)
+                    )
                 )
-                current = await schema_version(conn)
+                await conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY,"
+                        " applied_at timestamptz NOT NULL DEFAULT now())"
+                    ).format(version_table(schema))
+                )
+                current = await schema_version(conn, schema)
                 if current > known:
                     raise StoreError(
                         f"PostgreSQL state {where.label} (schema {schema}) was written by a "
@@ -191,7 +213,8 @@ async def migrate(
                     continue
                 await conn.execute(migration.sql.encode())
                 await conn.execute(
-                    f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)", (migration.version,)
+                    sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(version_table(schema)),
+                    (migration.version,),
                 )
         except psycopg.Error as exc:
             raise StoreError(
@@ -203,7 +226,7 @@ async def migrate(
 async def check_version(conn: Conn, known: int, where: Location, schema: str) -> None:
     """For an open that does not migrate (read-only, shared): the schema must be this
     version's."""
-    current = await schema_version(conn)
+    current = await schema_version(conn, schema)
     await conn.commit()
     if current == 0:
         raise StoreError(

@@ -82,6 +82,15 @@ class Store(Protocol):
 
     Time: every method that needs the time takes `now` (aware UTC); stores never read a clock.
 
+    Claims have an owner: each store object (each worker) claims feeds and deliveries under an
+    id of its own. Releasing a claim, and finishing a feed's poll, act only on the claims of
+    the store doing it, or on rows nobody claimed (a process that records without claiming):
+    a worker whose lease ran out, and whose feed or delivery another worker claimed since,
+    cannot clear that worker's claim (a third one would poll or send the same thing again).
+
+    Text: NUL characters are removed from every text stored (`common.clean_text`); PostgreSQL
+    refuses them, and the stores keep the same things.
+
     Errors: `StoreError` when the store cannot be opened (locked by another instance, newer
     schema than this code knows) or a write fails; the caller stops advancing on it.
     """
@@ -115,7 +124,9 @@ class Store(Protocol):
         A new feed gets a first poll time spread over [now, now + min(interval, 1 min, 50 ms per
         new feed)) so a start with many feeds does not burst. A feed whose URL changed keeps
         its seen items but loses its cache validators and is seeded again (another URL may be
-        another source, and its backlog must not flood); it is also revived if dead. Feeds no
+        another source, and its backlog must not flood); it is also revived if dead, and a claim
+        on it is taken away: it can be claimed again at once, and the poll of the old URL
+        still in flight writes nothing when it ends (see `record_items`). Feeds no
         longer configured are kept (their seen items too) but never returned by
         `claim_due_feeds`. Existing poll times are kept (a restart resumes the schedule).
         """
@@ -183,6 +194,14 @@ class Store(Protocol):
         items, updates `cadence` from the time since `last_new_at` (see `common.next_cadence`)
         and sets `last_new_at = now`; the first fetch sets `last_new_at = now` only.
         Saves `ttl` (the document's RSS `<ttl>`, minutes, or None) as `FeedState.ttl`.
+
+        Claim taken: when the feed was claimed by another store since this one claimed it
+        (its lease ran out), or `sync_feeds` took the claim away (the URL changed while this
+        poll ran), the poll is stale: NOTHING is written (no item, alert, delivery, nor feed
+        state: the old URL's validators must not seed the new one) and `Recorded((), 0, 0)` is
+        returned; whoever claims the feed next polls it again. `record_not_modified` and
+        `record_failure` likewise write nothing, without error. A feed nobody claimed is
+        recorded as usual.
         """
         ...
 
@@ -199,6 +218,7 @@ class Store(Protocol):
         A 304 may carry new validators (a new ETag): given `cache`, they replace the stored
         ones, both fields as given (like `record_items`); without it the stored ones stay.
         Not a fetch: items keep their last-seen times and retention does not advance.
+        Writes nothing when the claim was taken (see `record_items`).
         """
         ...
 
@@ -210,6 +230,7 @@ class Store(Protocol):
         The first failure after a success sets `failing_since` to `now` (any success clears
         it). With `dead`, the feed is also declared dead (`dead_since = now`, `dead_reason =
         error`): `claim_due_feeds` skips it until `revive_feeds`, or `sync_feeds` with a new URL.
+        Writes nothing when the claim was taken (see `record_items`).
         """
         ...
 
@@ -233,6 +254,10 @@ class Store(Protocol):
         same transaction, store `alert` (a notice for the admin channel, whatever its
         `item_key`: notices are not items) with one pending delivery per channel and target as
         in `record_items`. Returns the deliveries written. StoreError for an unknown feed.
+
+        Once per change: when `kind` already is the feed's notice, nothing is written (not
+        `alert` either) and 0 is returned, so two workers noticing the same change at once
+        queue it once.
         """
         ...
 
@@ -246,7 +271,8 @@ class Store(Protocol):
     async def release_feeds(self, names: Sequence[str]) -> None:
         """Drop the claim on feeds claimed but not finished (polls cancelled at shutdown), so
         they are due again at once; nothing else changes (no failure is counted, the next poll
-        time stays). Unknown names and unclaimed feeds are ignored.
+        time stays). Unknown names, unclaimed feeds, and feeds claimed by another store since
+        (this one's lease ran out) are ignored.
         """
         ...
 
@@ -278,7 +304,20 @@ class Store(Protocol):
 
     async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
         """Drop the claim on deliveries claimed but not tried (shutdown, a paused channel), so
-        they are due again at once; no attempt is counted. Unknown or finished ids are ignored.
+        they are due again at once; no attempt is counted. Unknown or finished ids, and
+        deliveries claimed by another store since (this one's lease ran out), are ignored.
+        """
+        ...
+
+    async def extend_claims(
+        self, delivery_ids: Sequence[int], now: datetime, lease: timedelta
+    ) -> list[int]:
+        """Keep claiming these deliveries: the ones still pending and claimed by THIS store
+        (even if their lease ran out meanwhile, as long as no other store claimed them since)
+        are leased until `now + lease`; returns their ids, in the order given, each once.
+        A dispatcher whose batch may outlast its lease extends before each send and skips the
+        ones not returned (sent, failed, released, or claimed by another worker). Unknown ids
+        are ignored.
         """
         ...
 
@@ -302,7 +341,9 @@ class Store(Protocol):
 
         `mark_retry` and `mark_failed` change only a pending delivery: a late report about one
         already sent or failed (its lease ran out and another attempt settled it) is ignored.
-        All three `mark_*` raise StoreError for an unknown id.
+        A report from a store whose claim another store took since (its lease ran out) is
+        recorded, but leaves that store's claim in place. All three `mark_*` raise StoreError
+        for an unknown id.
         """
         ...
 
@@ -409,6 +450,9 @@ class Store(Protocol):
         A forgotten item that a feed lists again is new again (and may alert again), so
         `retention.seen` must outlast how long a feed may drop an item and list it again; it
         is also what bounds the store's size.
+
+        A store shared by several processes prunes in one of them at a time: a call finding
+        another prune running skips it and returns `Pruned(0, 0, 0, 0)`.
         """
         ...
 

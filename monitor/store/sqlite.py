@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -204,6 +205,8 @@ class SQLiteStore:
         self._broken: str | None = None
         self._lifecycle = asyncio.Lock()
         self._not_modified: Batcher[NotModified] = Batcher(self._record_not_modified)
+        #: This store's claims carry this id (see the Store docstring).
+        self.owner = uuid.uuid4().hex
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -278,9 +281,13 @@ class SQLiteStore:
                 migrate(conn, load_migrations(), str(self.path))
                 # We hold the instance lock, so any lease left in the file belongs to a process
                 # that died: release them now instead of waiting for them to expire.
-                conn.execute("UPDATE feeds SET lease_until = NULL WHERE lease_until IS NOT NULL")
                 conn.execute(
-                    "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
+                    "UPDATE feeds SET lease_until = NULL, lease_owner = NULL"
+                    " WHERE lease_until IS NOT NULL OR lease_owner IS NOT NULL"
+                )
+                conn.execute(
+                    "UPDATE deliveries SET lease_until = NULL, lease_owner = NULL"
+                    " WHERE lease_until IS NOT NULL OR lease_owner IS NOT NULL"
                 )
             except BaseException:
                 _roll_back(conn)
@@ -437,7 +444,9 @@ class SQLiteStore:
         await self._run(lambda c: feeds_sql.sync_feeds(c, specs, now))
 
     async def claim_due_feeds(self, now: datetime, limit: int, lease: timedelta) -> list[FeedState]:
-        return await self._run(lambda c: feeds_sql.claim_due_feeds(c, now, limit, lease))
+        return await self._run(
+            lambda c: feeds_sql.claim_due_feeds(c, now, limit, lease, self.owner)
+        )
 
     async def feed_state(self, name: str) -> FeedState | None:
         return await self._run(lambda c: feeds_sql.feed_state(c, name))
@@ -477,6 +486,7 @@ class SQLiteStore:
                 warning=warning,
                 targets=chosen,
                 ttl=ttl,
+                owner=self.owner,
             )
         )
 
@@ -496,12 +506,14 @@ class SQLiteStore:
         self, polls: Sequence[NotModified]
     ) -> Sequence[StoreError | None]:
         polls = tuple(polls)
-        return await self._run(lambda c: feeds_sql.record_not_modified(c, polls))
+        return await self._run(lambda c: feeds_sql.record_not_modified(c, polls, self.owner))
 
     async def record_failure(
         self, feed: str, error: str, *, now: datetime, next_poll_at: datetime, dead: bool = False
     ) -> None:
-        await self._run(lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at, dead))
+        await self._run(
+            lambda c: feeds_sql.record_failure(c, feed, error, now, next_poll_at, dead, self.owner)
+        )
 
     async def revive_feeds(self, names: Sequence[str], now: datetime) -> list[str]:
         wanted = list(names)
@@ -526,7 +538,7 @@ class SQLiteStore:
 
     async def release_feeds(self, names: Sequence[str]) -> None:
         wanted = tuple(names)
-        await self._run(lambda c: feeds_sql.release_feeds(c, wanted))
+        await self._run(lambda c: feeds_sql.release_feeds(c, wanted, self.owner))
 
     # --- items -----------------------------------------------------------------------------
 
@@ -545,13 +557,19 @@ class SQLiteStore:
     ) -> list[Delivery]:
         skip = frozenset(skip_targets)
         return await self._run(
-            lambda c: outbox_sql.claim_deliveries(c, channel, now, limit, lease, skip)
+            lambda c: outbox_sql.claim_deliveries(c, channel, now, limit, lease, skip, self.owner)
         )
 
     async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
         """Drop the claim on deliveries claimed but not tried; unknown ids are ignored."""
         ids = tuple(delivery_ids)
-        await self._run(lambda c: outbox_sql.release_deliveries(c, ids))
+        await self._run(lambda c: outbox_sql.release_deliveries(c, ids, self.owner))
+
+    async def extend_claims(
+        self, delivery_ids: Sequence[int], now: datetime, lease: timedelta
+    ) -> list[int]:
+        ids = tuple(delivery_ids)
+        return await self._run(lambda c: outbox_sql.extend_claims(c, ids, now, lease, self.owner))
 
     async def mark_sent(self, delivery_id: int, now: datetime) -> None:
         await self._run(lambda c: outbox_sql.mark_sent(c, delivery_id, now))
@@ -565,7 +583,9 @@ class SQLiteStore:
         retry_at: datetime,
         attempt: bool = True,
     ) -> None:
-        await self._run(lambda c: outbox_sql.mark_retry(c, delivery_id, error, retry_at, attempt))
+        await self._run(
+            lambda c: outbox_sql.mark_retry(c, delivery_id, error, retry_at, attempt, self.owner)
+        )
 
     async def mark_failed(self, delivery_id: int, error: str, *, now: datetime) -> None:
         await self._run(lambda c: outbox_sql.mark_failed(c, delivery_id, error))

@@ -38,7 +38,7 @@ def set_last_digest(conn: sqlite3.Connection, channel: str, at: datetime) -> Non
 
 def release_claims(conn: sqlite3.Connection, channel: str) -> int:
     released: int = conn.execute(
-        "UPDATE deliveries SET lease_until = NULL"
+        "UPDATE deliveries SET lease_until = NULL, lease_owner = NULL"
         " WHERE channel = ? AND status = 'pending' AND lease_until IS NOT NULL",
         (channel,),
     ).rowcount

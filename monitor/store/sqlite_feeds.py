@@ -25,12 +25,15 @@ from monitor.store.codec import (
 )
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
+    LEASE_TAKEN,
     NotModified,
     clean_alert,
     clean_targets,
+    clean_text,
     delivery_targets,
     first_per_key,
     first_poll_at,
+    lease_taken,
     next_cadence,
     stored_item,
     unstorable,
@@ -95,9 +98,13 @@ def _item(row: Any) -> Item:
     )
 
 
-def _require_feed(conn: sqlite3.Connection, name: str) -> None:
-    if conn.execute("SELECT 1 FROM feeds WHERE name = ?", (name,)).fetchone() is None:
+def _require_feed(conn: sqlite3.Connection, name: str) -> str | None:
+    """The feed's lease owner; StoreError for a feed never synced."""
+    row = conn.execute("SELECT lease_owner FROM feeds WHERE name = ?", (name,)).fetchone()
+    if row is None:
         raise StoreError(f"unknown feed {name!r}: sync_feeds never saw it")
+    owner: str | None = row[0]
+    return owner
 
 
 # --- feeds -------------------------------------------------------------------------------------
@@ -119,13 +126,16 @@ def sync_feeds(conn: sqlite3.Connection, feeds: Sequence[FeedSpec], now: datetim
                 for s in added
             ],
         )
-        # Another URL may be another source: seed it again rather than risk a flood.
+        # Another URL may be another source: seed it again rather than risk a flood, and take
+        # a claim away: the poll of the old URL in flight must not record the feed as seeded.
         conn.executemany(
             "UPDATE feeds SET url = ?, etag = NULL, last_modified = NULL, seeded = 0,"
             " dead_since = NULL, dead_reason = '', failing_since = NULL,"
-            " consecutive_failures = 0 WHERE name = ?",
+            " consecutive_failures = 0, lease_until = NULL,"
+            " lease_owner = CASE WHEN lease_owner IS NULL AND lease_until IS NULL THEN NULL"
+            " ELSE ? END WHERE name = ?",
             [
-                (s.url, s.name)
+                (s.url, LEASE_TAKEN, s.name)
                 for s in configured.values()
                 if s.name in stored and stored[s.name] != s.url
             ],
@@ -133,7 +143,7 @@ def sync_feeds(conn: sqlite3.Connection, feeds: Sequence[FeedSpec], now: datetim
 
 
 def claim_due_feeds(
-    conn: sqlite3.Connection, now: datetime, limit: int, lease: timedelta
+    conn: sqlite3.Connection, now: datetime, limit: int, lease: timedelta, owner: str
 ) -> list[FeedState]:
     now_text = dt_to_text(now)
     with transaction(conn):
@@ -145,8 +155,8 @@ def claim_due_feeds(
             (now_text, now_text, max(limit, 0)),
         ).fetchall()
         conn.executemany(
-            "UPDATE feeds SET lease_until = ? WHERE name = ?",
-            [(dt_to_text(now + lease), row[0]) for row in rows],
+            "UPDATE feeds SET lease_until = ?, lease_owner = ? WHERE name = ?",
+            [(dt_to_text(now + lease), owner, row[0]) for row in rows],
         )
     return [_feed_state(row) for row in rows]
 
@@ -162,7 +172,7 @@ def feed_states(conn: sqlite3.Connection) -> list[FeedState]:
 
 
 def record_not_modified(
-    conn: sqlite3.Connection, polls: Sequence[NotModified]
+    conn: sqlite3.Connection, polls: Sequence[NotModified], owner: str
 ) -> list[StoreError | None]:
     """Record many 304s in one transaction (one durable commit for all of them).
 
@@ -181,6 +191,7 @@ def record_not_modified(
             "etag": None if cache is None else cache.etag,
             "last_modified": None if cache is None else cache.last_modified,
             "feed": feed,
+            "owner": owner,
         }
         rows.append((index, params))
     with transaction(conn):
@@ -189,13 +200,18 @@ def record_not_modified(
             cursor = conn.execute(
                 "UPDATE feeds SET next_poll_at = :next, last_polled_at = :now,"
                 " last_success_at = :now, last_error = '', consecutive_failures = 0,"
-                " failing_since = NULL, lease_until = NULL,"
+                " failing_since = NULL, lease_until = NULL, lease_owner = NULL,"
                 " etag = CASE WHEN :replace THEN :etag ELSE etag END,"
                 " last_modified = CASE WHEN :replace THEN :last_modified ELSE last_modified END"
-                " WHERE name = :feed",
+                " WHERE name = :feed AND (lease_owner IS NULL OR lease_owner = :owner)",
                 params,
             )
-            if cursor.rowcount == 0:
+            # No row: a feed never synced, or one whose claim was taken (nothing to write).
+            if (
+                cursor.rowcount == 0
+                and conn.execute("SELECT 1 FROM feeds WHERE name = ?", (params["feed"],)).fetchone()
+                is None
+            ):
                 outcomes[index] = StoreError(
                     f"unknown feed {params['feed']!r}: sync_feeds never saw it"
                 )
@@ -209,30 +225,36 @@ def record_failure(
     now: datetime,
     next_poll_at: datetime,
     dead: bool = False,
+    owner: str = "",
 ) -> None:
+    """Nothing is written when the feed's claim was taken (see `Store.record_items`)."""
     cursor = conn.execute(
         "UPDATE feeds SET next_poll_at = :next, last_polled_at = :now, last_error = :error,"
         " consecutive_failures = consecutive_failures + 1, lease_until = NULL,"
-        " failing_since = COALESCE(failing_since, :now),"
+        " lease_owner = NULL, failing_since = COALESCE(failing_since, :now),"
         " dead_since = CASE WHEN :dead THEN :now ELSE dead_since END,"
         " dead_reason = CASE WHEN :dead THEN :error ELSE dead_reason END"
-        " WHERE name = :feed",
+        " WHERE name = :feed AND (lease_owner IS NULL OR lease_owner = :owner)",
         {
             "next": dt_to_text(next_poll_at),
             "now": dt_to_text(now),
-            "error": error,
+            "error": clean_text(error),
             "dead": dead,
             "feed": feed,
+            "owner": owner,
         },
     )
     if cursor.rowcount == 0:
         _require_feed(conn, feed)
 
 
-def release_feeds(conn: sqlite3.Connection, names: Sequence[str]) -> None:
+def release_feeds(conn: sqlite3.Connection, names: Sequence[str], owner: str) -> None:
+    """Only this store's claims (and claims of no one's)."""
     with transaction(conn):
         conn.executemany(
-            "UPDATE feeds SET lease_until = NULL WHERE name = ?", [(name,) for name in names]
+            "UPDATE feeds SET lease_until = NULL, lease_owner = NULL"
+            " WHERE name = ? AND (lease_owner IS NULL OR lease_owner = ?)",
+            [(name, owner) for name in names],
         )
 
 
@@ -240,7 +262,9 @@ def release_feeds(conn: sqlite3.Connection, names: Sequence[str]) -> None:
 
 
 def unseen(conn: sqlite3.Connection, feed: str, keys: Sequence[str]) -> set[str]:
-    wanted = list(dict.fromkeys(keys))
+    """Keys compared as stored (`clean_text`); the ones returned as given."""
+    given = {key: clean_text(key) for key in keys}
+    wanted = list(dict.fromkeys(given.values()))
     stored: set[str] = set()
     for part in chunks(wanted):
         rows = conn.execute(
@@ -248,7 +272,7 @@ def unseen(conn: sqlite3.Connection, feed: str, keys: Sequence[str]) -> set[str]
             (feed, *part),
         )
         stored.update(row[0] for row in rows)
-    return set(wanted) - stored
+    return {key for key, kept in given.items() if kept not in stored}
 
 
 def record_items(
@@ -263,6 +287,7 @@ def record_items(
     warning: str,
     targets: Mapping[str, Sequence[str]] | None = None,
     ttl: int | None = None,
+    owner: str = "",
 ) -> Recorded:
     # Convert every input before BEGIN: a bad one fails before anything is written.
     now_text, next_text = dt_to_text(now), dt_to_text(next_poll_at)
@@ -270,7 +295,8 @@ def record_items(
     clean_alerts = [clean_alert(a) for a in alerts]
     chosen = clean_targets(targets)
     with transaction(conn):
-        _require_feed(conn, feed)
+        if lease_taken(_require_feed(conn, feed), owner):
+            return Recorded((), 0, 0)  # the claim was taken: nothing is written
         fresh = unseen(conn, feed, [kept.key for _, kept in unique])
         new = [(given, kept) for given, kept in unique if kept.key in fresh]
         conn.executemany(
@@ -285,6 +311,7 @@ def record_items(
             " next_poll_at = :next, last_polled_at = :now, last_success_at = :now,"
             " last_error = '', consecutive_failures = 0, seeded = 1,"
             " items_seen = items_seen + :new, last_warning = :warning, lease_until = NULL,"
+            " lease_owner = NULL,"
             " last_fetched_at = :now, failing_since = NULL, ttl = :ttl WHERE name = :feed",
             {
                 "etag": cache.etag,
@@ -292,7 +319,7 @@ def record_items(
                 "next": next_text,
                 "now": now_text,
                 "new": len(new),
-                "warning": warning,
+                "warning": clean_text(warning),
                 "feed": feed,
                 "ttl": ttl,
             },

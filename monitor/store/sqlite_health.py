@@ -44,13 +44,18 @@ def record_notice(
     clean = None if alert is None else clean_alert(alert)
     chosen = clean_targets(targets)
     with transaction(conn):
-        _require_feed(conn, feed)
+        # Conditional: a notice recorded already is not queued again.
+        changed = conn.execute(
+            "UPDATE feeds SET notice = ? WHERE name = ? AND notice IS NOT ?", (kind, feed, kind)
+        ).rowcount
+        if not changed:
+            _require_feed(conn, feed)
+            return 0
         written = 0
         if clean is not None:
             _, written = _insert_alerts(
                 conn, feed, [clean], {clean.item_key}, chosen, dt_to_text(now)
             )
-        conn.execute("UPDATE feeds SET notice = ? WHERE name = ?", (kind, feed))
     return written
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from monitor.errors import StoreError
 from monitor.models import Alert, Delivery, DeliveryStatus, Retention
 from monitor.store.codec import dt_to_text, json_to_matches, opt_text_to_dt, text_to_dt
-from monitor.store.common import LAST_SEEN_REFRESH, cutoff
+from monitor.store.common import LAST_SEEN_REFRESH, clean_text, cutoff
 from monitor.store.protocol import OutboxStat, Pruned
 from monitor.store.sqlite_feeds import marks
 from monitor.store.sqlite_schema import transaction
@@ -61,12 +61,13 @@ def claim_deliveries(
     limit: int,
     lease: timedelta,
     skip_targets: Collection[str],
+    owner: str,
 ) -> list[Delivery]:
     with transaction(conn):
         rows = _due_rows(conn, channel, now, limit, skip_targets)
         conn.executemany(
-            "UPDATE deliveries SET lease_until = ? WHERE id = ?",
-            [(dt_to_text(now + lease), row[0]) for row in rows],
+            "UPDATE deliveries SET lease_until = ?, lease_owner = ? WHERE id = ?",
+            [(dt_to_text(now + lease), owner, row[0]) for row in rows],
         )
     return [_delivery(row) for row in rows]
 
@@ -104,18 +105,41 @@ def _due_rows(
     return rows
 
 
-def release_deliveries(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> None:
+def release_deliveries(conn: sqlite3.Connection, delivery_ids: Sequence[int], owner: str) -> None:
+    """Only this store's claims (and claims of no one's)."""
     with transaction(conn):
         conn.executemany(
-            "UPDATE deliveries SET lease_until = NULL WHERE id = ? AND status = 'pending'",
-            [(delivery_id,) for delivery_id in delivery_ids],
+            "UPDATE deliveries SET lease_until = NULL, lease_owner = NULL"
+            " WHERE id = ? AND status = 'pending' AND (lease_owner IS NULL OR lease_owner = ?)",
+            [(delivery_id, owner) for delivery_id in delivery_ids],
         )
+
+
+def extend_claims(
+    conn: sqlite3.Connection,
+    delivery_ids: Sequence[int],
+    now: datetime,
+    lease: timedelta,
+    owner: str,
+) -> list[int]:
+    until = dt_to_text(now + lease)
+    kept: list[int] = []
+    with transaction(conn):
+        for delivery_id in dict.fromkeys(delivery_ids):
+            cursor = conn.execute(
+                "UPDATE deliveries SET lease_until = ?"
+                " WHERE id = ? AND status = 'pending' AND lease_owner = ?",
+                (until, delivery_id, owner),
+            )
+            if cursor.rowcount:
+                kept.append(delivery_id)
+    return kept
 
 
 def mark_sent(conn: sqlite3.Connection, delivery_id: int, now: datetime) -> None:
     cursor = conn.execute(
-        "UPDATE deliveries SET status = 'sent', sent_at = ?, lease_until = NULL"
-        " WHERE id = ? AND status != 'sent'",
+        "UPDATE deliveries SET status = 'sent', sent_at = ?, lease_until = NULL,"
+        " lease_owner = NULL WHERE id = ? AND status != 'sent'",
         (dt_to_text(now), delivery_id),
     )
     if cursor.rowcount == 0:
@@ -130,13 +154,29 @@ def mark_sent_many(conn: sqlite3.Connection, delivery_ids: Sequence[int], now: d
 
 
 def mark_retry(
-    conn: sqlite3.Connection, delivery_id: int, error: str, retry_at: datetime, attempt: bool
+    conn: sqlite3.Connection,
+    delivery_id: int,
+    error: str,
+    retry_at: datetime,
+    attempt: bool,
+    owner: str,
 ) -> None:
-    # Only a pending row: a late report on a row already settled must not reopen it.
+    # Only a pending row: a late report on a row already settled must not reopen it. The
+    # claim is dropped only when it is this store's (or no one's).
     cursor = conn.execute(
-        "UPDATE deliveries SET attempts = attempts + ?, last_error = ?, next_attempt_at = ?,"
-        " lease_until = NULL WHERE id = ? AND status = 'pending'",
-        (1 if attempt else 0, error, dt_to_text(retry_at), delivery_id),
+        "UPDATE deliveries SET attempts = attempts + :n, last_error = :error,"
+        " next_attempt_at = :retry,"
+        " lease_until = CASE WHEN lease_owner IS NULL OR lease_owner = :owner THEN NULL"
+        " ELSE lease_until END,"
+        " lease_owner = CASE WHEN lease_owner = :owner THEN NULL ELSE lease_owner END"
+        " WHERE id = :id AND status = 'pending'",
+        {
+            "n": 1 if attempt else 0,
+            "error": clean_text(error),
+            "retry": dt_to_text(retry_at),
+            "owner": owner,
+            "id": delivery_id,
+        },
     )
     if cursor.rowcount == 0:
         _require_delivery(conn, delivery_id)
@@ -145,8 +185,8 @@ def mark_retry(
 def mark_failed(conn: sqlite3.Connection, delivery_id: int, error: str) -> None:
     cursor = conn.execute(
         "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, last_error = ?,"
-        " lease_until = NULL WHERE id = ? AND status = 'pending'",
-        (error, delivery_id),
+        " lease_until = NULL, lease_owner = NULL WHERE id = ? AND status = 'pending'",
+        (clean_text(error), delivery_id),
     )
     if cursor.rowcount == 0:
         _require_delivery(conn, delivery_id)
