@@ -39,6 +39,7 @@ from monitor.notify.protocol import Notifier
 from monitor.notify.telegram import TelegramNotifier, settings_of
 from monitor.notify.telegram_updates import CommandListener
 from monitor.pipeline import Poller, PollOutcome
+from monitor.redact import safe_dsn
 from monitor.scheduler import PollScheduler
 from monitor.sources.http import HttpFetcher
 from monitor.sources.workers import ParsePool
@@ -276,7 +277,7 @@ class Daemon:
             len(self.config.feeds),
             len(self.config.rules),
             len(self.config.channels),
-            self.config.state,
+            safe_dsn(self.config.state),
         )
         await self._warn_orphans()
         self.running = True

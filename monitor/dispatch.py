@@ -133,13 +133,16 @@ class Dispatcher:
             # Rows come oldest first across all destinations: claim enough that each of them
             # gets a full batch, so a burst to several chats still shows as a burst per chat.
             size = min(BATCH * max(1, len(notifier.spec.targets)), MAX_BATCH)
+            claimed_at = self._clock()
             batch = await self._store.claim_deliveries(
-                channel, self._clock(), size, LEASE, skip_targets=self._skipped(channel) + unlisted
+                channel, claimed_at, size, LEASE, skip_targets=self._skipped(channel) + unlisted
             )
             if not batch:
                 return
             for target, rows in _by_target(batch).items():
-                await self._drain_target(notifier, channel, target, rows, stats)
+                claimed_at = await self._drain_target(
+                    notifier, channel, target, rows, stats, claimed_at
+                )
 
     async def _drain_target(
         self,
@@ -148,16 +151,36 @@ class Dispatcher:
         target: str,
         rows: list[Delivery],
         stats: DispatchStats,
-    ) -> None:
+        claimed_at: datetime,
+    ) -> datetime:
+        """Send `rows` (claimed at `claimed_at`); returns when their claim was last renewed.
+
+        A batch can take longer than its lease to send (pacing, slow servers): past half the
+        lease, the claim of what is left is renewed before the next message, and rows
+        another worker took meanwhile (the lease ran out) are not sent here."""
         threshold = notifier.group_threshold if isinstance(notifier, GroupingNotifier) else 0
         group = 0 < threshold < len(rows) and (channel, target) not in self._ungrouped
         while rows:
             if self._stopping or not self._ready(channel, target):
                 # Hand back what was claimed but not tried, so it is not held by a lease.
                 await self._store.release_deliveries([d.id for d in rows])
-                return
+                return claimed_at
+            now = self._clock()
+            if now - claimed_at > LEASE / 2:
+                kept = set(await self._store.extend_claims([d.id for d in rows], now, LEASE))
+                claimed_at = now
+                if len(kept) < len(rows):
+                    log.warning(
+                        "%d deliveries were taken over by another worker (their claim ran "
+                        "out while this one sent others); left to it",
+                        len(rows) - len(kept),
+                        extra={"channel": channel, "target": target or None},
+                    )
+                    rows = [d for d in rows if d.id in kept]
+                    continue
             done = await self._attempt(notifier, rows if group else rows[:1], stats)
             rows = rows[done:]
+        return claimed_at
 
     async def _unlisted(self, notifier: Notifier) -> list[str]:
         """Destinations with pending deliveries that the channel no longer lists (a chat

@@ -7,12 +7,14 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from monitor.config import load_config
 from monitor.daemon import Daemon
+from monitor.models import Delivery
 from tests.builders import rss, write_config
 from tests.fakebot import FakeBot
 from tests.feedserver import FeedServer
@@ -110,3 +112,28 @@ rules:
         await first.check_in()  # its first sighting of the other was at the second round
     drift = [r.getMessage() for r in caplog.records if "runs another config" in r.getMessage()]
     assert [m.split(" runs")[0] for m in drift] == [f"worker {first.worker}", "worker elsewhere:1"]
+
+
+async def test_deliveries_another_worker_took_during_a_long_batch_are_not_sent_twice(
+    schema: str,
+) -> None:
+    """Worker A's batch outlasts its lease; worker B claims what is left meanwhile: A must
+    leave those to B instead of sending them too."""
+    from monitor.store.postgres import PostgresStore
+    from tests.test_dispatch import Clock, SlowChannel, dispatcher, seed
+
+    async with PostgresStore(DSN, schema=schema) as a, PostgresStore(DSN, schema=schema) as b:
+        await seed(a, ["one", "two", "three"], ("desk",))
+        clock = Clock()
+
+        class TakenOver(SlowChannel):
+            async def send(self, delivery: Delivery) -> None:
+                await super().send(delivery)  # the clock passes the lease...
+                taken.extend(await b.claim_deliveries("desk", clock.now, 10, timedelta(hours=1)))
+
+        taken: list[Delivery] = []
+        desk = TakenOver("desk", clock, timedelta(minutes=3))
+        await dispatcher(a, clock, desk).run_once()
+    assert desk.sent == ["one"]  # then "two" and "three" were left to B
+    # B also took "one", in flight when its lease ran out: the one duplicate a lease allows.
+    assert sorted(d.alert.title for d in taken) == ["one", "three", "two"]

@@ -375,3 +375,27 @@ async def test_a_refused_grouped_message_falls_back_to_single_sends(store: Store
     await dispatcher(store, Clock(), desk).run_once()
     assert [t for _, t in desk.by_target] == titles
     assert desk.groups == []
+
+
+class SlowChannel(ScriptedChannel):
+    """Each send takes `delay` of the clock (pacing, a slow server)."""
+
+    def __init__(self, name: str, clock: Clock, delay: timedelta) -> None:
+        super().__init__(name)
+        self.clock, self.delay = clock, delay
+
+    async def send(self, delivery: Delivery) -> None:
+        self.clock.now += self.delay
+        await super().send(delivery)
+
+
+async def test_a_batch_outlasting_its_lease_renews_its_claim(store: Store) -> None:
+    """Sends taking longer in all than the lease: what is left of the batch is claimed
+    again before the next send, so no other worker could take it meanwhile."""
+    await seed(store, ["one", "two", "three", "four"], ("desk",))
+    clock = Clock()
+    desk = SlowChannel("desk", clock, timedelta(seconds=90))
+    stats = await dispatcher(store, clock, desk).run_once()
+    assert desk.sent == ["one", "two", "three", "four"]
+    assert stats.sent == 4
+    assert await store.claimed_count("desk", clock.now) == 0
