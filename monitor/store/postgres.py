@@ -27,7 +27,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.errors import StoreError
@@ -35,6 +34,7 @@ from monitor.logs import register_secret
 from monitor.models import Alert, CacheInfo, Delivery, FeedSpec, FeedState, Item, Retention
 from monitor.store import postgres_feeds as feeds_sql
 from monitor.store import postgres_health as health_sql
+from monitor.store import postgres_locks as locks
 from monitor.store import postgres_outbox as outbox_sql
 from monitor.store.batch import Batcher
 from monitor.store.common import NotModified, clean_alert, clean_targets
@@ -134,6 +134,7 @@ class PostgresStore:
         #: The schema found at open: lock keys and the pool's search_path use it.
         self._schema = ""
         self._lifecycle = asyncio.Lock()
+        self._lending = locks.Lending()
         self._not_modified: Batcher[NotModified] = Batcher(self._record_not_modified)
         #: Seconds between tries for a digest lock another worker holds.
         self.digest_retry = DIGEST_RETRY
@@ -158,11 +159,12 @@ class PostgresStore:
                 max_size=self._pool_size,
                 kwargs=self._connect_kwargs(),
                 configure=self._configure,
-                # A connection is checked before it is lent (one lost while idle is replaced,
-                # not handed to a call that would fail), and unlocked when given back: a
-                # session advisory lock must never outlive its holder's block.
-                check=AsyncConnectionPool.check_connection,
-                reset=_unlock_all,
+                # A connection idle for a while is checked before it is lent (one lost while
+                # idle is replaced, not handed to a call that would fail); one that held a
+                # session lock is unlocked when given back. Both cost a round trip, so not
+                # on every call.
+                check=self._lending.check,
+                reset=self._lending.reset,
                 timeout=CONNECT_TIMEOUT,
                 name="monitor-state",
                 open=False,
@@ -484,11 +486,12 @@ class PostgresStore:
         connection dies."""
         pool = self._require()
         key = (LOCK_CLASS, lock_key("digest", self._schema, channel))
-        conn = await self._hold(pool, key, self.digest_retry)
+        conn = await locks.hold(pool, key, self.digest_retry, self.where)
+        self._lending.locking.add(conn)
         try:
             yield
         finally:
-            await self._let_go(pool, conn, key)
+            await locks.let_go(pool, conn, key)
 
     @contextlib.asynccontextmanager
     async def lead(self, role: str) -> AsyncIterator[asyncio.Event]:
@@ -498,82 +501,18 @@ class PostgresStore:
         dropped the lock (another worker may take it), and `lost` is set."""
         pool = self._require()
         key = (LOCK_CLASS, lock_key("lead", self._schema, role))
-        conn = await self._hold(pool, key, self.lead_retry)
+        conn = await locks.hold(pool, key, self.lead_retry, self.where)
+        self._lending.locking.add(conn)
         lost = asyncio.Event()
-        watch = asyncio.get_running_loop().create_task(self._watch_lead(conn, lost))
+        watch = asyncio.get_running_loop().create_task(
+            locks.watch(conn, lost, self.lead_check, self.lead_check_timeout)
+        )
         try:
             yield lost
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
-            await self._let_go(pool, conn, key)
-
-    async def _hold(
-        self, pool: AsyncConnectionPool[Conn], key: tuple[int, int], retry: float
-    ) -> Conn:
-        """The connection holding the session lock `key`, tried every `retry` seconds; the
-        connection goes back to the pool between tries (waiting holds none)."""
-        while True:
-            conn = await self._try_lock(pool, key)
-            if conn is not None:
-                return conn
-            await asyncio.sleep(retry)
-
-    async def _try_lock(self, pool: AsyncConnectionPool[Conn], key: tuple[int, int]) -> Conn | None:
-        """One try: the pooled connection now holding `key`, or None (given back). Whatever
-        interrupts the try (cancellation, a lost connection) closes the connection: the lock
-        may have been granted, and closing is what surely drops it."""
-        try:
-            conn = await pool.getconn()
-        except psycopg.Error as exc:
-            raise StoreError(describe_error(self.where, exc)) from exc
-        try:
-            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
-            row = await cursor.fetchone()
-            await conn.commit()
-        except BaseException as exc:
-            await _discard(pool, conn)
-            if isinstance(exc, psycopg.Error):
-                raise StoreError(describe_error(self.where, exc)) from exc
-            raise
-        if row is not None and row[0]:
-            return conn
-        await pool.putconn(conn)
-        return None
-
-    async def _watch_lead(self, conn: Conn, lost: asyncio.Event) -> None:
-        """Every `lead_check` seconds, a check bounded by `lead_check_timeout`: one that fails
-        or hangs closes the connection (so the lock is surely gone, not held by a connection
-        this worker no longer trusts) and sets `lost`."""
-        while True:
-            await asyncio.sleep(self.lead_check)
-            try:
-                await asyncio.wait_for(_ping(conn), timeout=self.lead_check_timeout)
-            except (psycopg.Error, TimeoutError):
-                await conn.close()
-                lost.set()
-                return
-
-    async def _let_go(
-        self, pool: AsyncConnectionPool[Conn], conn: Conn, key: tuple[int, int]
-    ) -> None:
-        """Give the session lock `key` back, and its connection to the pool. A connection not
-        idle (a check or a try cut off midway), or one that fails to unlock, or an unlock
-        interrupted, is closed instead: that drops every session lock it held, and the pool
-        replaces it. Never raises a psycopg error."""
-        try:
-            if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
-                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
-                await conn.commit()
-            else:
-                await conn.close()
-        except psycopg.Error:
-            await conn.close()  # the lock went with the connection: nothing left to report
-        except BaseException:
-            await conn.close()
-            raise
-        finally:
-            await pool.putconn(conn)
+            await locks.let_go(pool, conn, key)
 
     # --- alerts ----------------------------------------------------------------------------
 
@@ -618,24 +557,3 @@ class PostgresStore:
 
     async def claimed_count(self, channel: str, now: datetime) -> int:
         return await self._run(lambda c: health_sql.claimed_count(c, channel, now))
-
-
-async def _ping(conn: Conn) -> None:
-    await conn.execute("SELECT 1")
-    await conn.commit()
-
-
-async def _unlock_all(conn: Conn) -> None:
-    """The pool's reset, run on every connection given back: no session advisory lock stays
-    with a pooled connection, whatever path gave it back."""
-    await conn.execute("SELECT pg_advisory_unlock_all()")
-    await conn.commit()
-
-
-async def _discard(pool: AsyncConnectionPool[Conn], conn: Conn) -> None:
-    """Close `conn` (dropping any session lock it holds) and hand it to the pool, which
-    replaces it."""
-    try:
-        await conn.close()
-    finally:
-        await pool.putconn(conn)

@@ -255,8 +255,11 @@ async def test_an_unknown_database_is_named(schema: str) -> None:
 
 
 async def test_a_connection_lost_while_idle_is_replaced_before_use(
-    worker: Callable[..., PostgresStore], schema: str
+    worker: Callable[..., PostgresStore], schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from monitor.store import postgres_locks
+
+    monkeypatch.setattr(postgres_locks, "IDLE_CHECK", 0.0)  # as if idle for long
     async with worker(application_name=schema) as store:
         await store.sync_feeds([spec("a")], T0)
         admin(
@@ -356,6 +359,7 @@ async def test_a_pooled_connection_given_back_holds_no_session_lock(
         conn = await pool.getconn()
         await conn.execute("SELECT pg_advisory_lock(1, 2)")
         await conn.commit()
+        store._lending.locking.add(conn)  # lent for a session lock, as digest_lock and lead do
         assert advisory_locks(schema)
         await pool.putconn(conn)  # a path that forgot to unlock
         for _ in range(200):  # the pool resets returned connections in the background
@@ -398,7 +402,7 @@ async def test_a_digest_lock_waiter_cancelled_leaves_no_lock_behind(
 async def test_a_lead_whose_check_fails_is_lost_and_its_lock_dropped(
     worker: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from monitor.store import postgres as postgres_module
+    from monitor.store import postgres_locks as postgres_module
 
     async def refused(conn: object) -> None:  # a non-fatal error: the connection lives on
         raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
@@ -416,7 +420,7 @@ async def test_a_lead_whose_check_fails_is_lost_and_its_lock_dropped(
 async def test_a_hanging_lead_check_counts_as_lost(
     worker: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from monitor.store import postgres as postgres_module
+    from monitor.store import postgres_locks as postgres_module
 
     async def hangs(conn: object) -> None:
         await asyncio.sleep(3600)
