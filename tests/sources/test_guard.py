@@ -605,6 +605,15 @@ def trusting(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 TLS_NAMES = {"feeds.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]}
 
 
+async def transports_closed() -> None:
+    """Let a closed transport's socket (or a failed TLS handshake's) finish closing: asyncio
+    closes it a few loop iterations later, and a test ending first leaves it to the garbage
+    collector, which then warns (ResourceWarning, an error here) in whatever test runs at
+    that moment."""
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
 async def test_https_verifies_the_url_host_not_the_pinned_address(
     tls_server: FeedServer, trusting: ssl.SSLContext
 ) -> None:
@@ -618,6 +627,7 @@ async def test_https_verifies_the_url_host_not_the_pinned_address(
             ok = await http.get(f"https://feeds.example:{port}/feed")
             with pytest.raises(httpx.ConnectError) as info:
                 await http.get(f"https://other.example:{port}/feed")
+            await transports_closed()
 
     assert ok.content == RSS
     assert inner.hosts == ["127.0.0.1", "127.0.0.1"]
@@ -693,6 +703,7 @@ async def test_create_connection_refuses_before_connecting(echo: tuple[int, list
     assert await protocol.data == b"ping"
     assert transport.get_extra_info("peername")[0] == "127.0.0.1"  # mapped form, as IPv4
     transport.close()
+    await transports_closed()
 
     assert str(info.value) == (
         "blocked address 10.0.0.5 (private network) for evil.example: "
@@ -713,9 +724,11 @@ async def test_create_connection_tls_checks_the_host_name(
         )
         with pytest.raises(ssl.SSLCertVerificationError, match=r"other\.example"):
             await guard.create_connection(asyncio.Protocol, "other.example", port, ssl=trusting)
+        await transports_closed()
 
     assert transport.get_extra_info("ssl_object").server_hostname == "feeds.example"
     transport.close()
+    await transports_closed()
 
 
 async def test_open_connection_message_for_a_literal(echo: tuple[int, list[int]]) -> None:
@@ -758,6 +771,7 @@ async def test_open_connection_tls_checks_the_host_name(
         _, writer = await guard.open_connection("feeds.example", port, ssl=trusting)
         with pytest.raises(ssl.SSLCertVerificationError, match=r"other\.example"):
             await guard.open_connection("other.example", port, ssl=trusting)
+        await transports_closed()
 
     assert writer.get_extra_info("peername")[0] == "127.0.0.1"
     assert writer.get_extra_info("ssl_object").server_hostname == "feeds.example"
