@@ -20,7 +20,7 @@ from monitor import (
     testrule,
     web,
 )
-from monitor.config import find_config, load_config
+from monitor.cliconfig import load_for_command, report_invalid
 from monitor.daemon import Daemon, OnceReport
 from monitor.errors import ConfigError, MonitorError, StoreError
 from monitor.models import (
@@ -141,13 +141,9 @@ def _main(argv: Sequence[str] | None) -> int:
     # With JSON logs, standard error carries JSON lines only: what is printed otherwise is
     # logged (for the collector reading it).
     json_logs = args.log_format == "json"
-    try:
-        config = load_config(find_config(args.config))
-    except ConfigError as exc:
-        _invalid(exc, json_logs=json_logs)
+    config = load_for_command(args.config, json_logs=json_logs)
+    if config is None:
         return INVALID
-    for secret in config.secrets:
-        logs.register_secret(secret)
     command = args.command
     if command == "check":
         checkcli.print_check(config, terminal.console())
@@ -162,7 +158,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return OK
         asyncio.run(_run(config, watch=args.watch_config, http=args.http))
     except ConfigError as exc:
-        _invalid(exc, json_logs=json_logs)
+        report_invalid(exc, json_logs=json_logs)
         return INVALID
     except StoreError as exc:
         log.error("state store: %s", exc)
@@ -171,13 +167,6 @@ def _main(argv: Sequence[str] | None) -> int:
         log.error("%s", exc)
         return FAILED
     return OK
-
-
-def _invalid(exc: ConfigError, *, json_logs: bool) -> None:
-    if json_logs:
-        log.error("invalid config:\n%s", exc)
-    else:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
 
 
 async def _once(config: Config, *, json_logs: bool = False) -> OnceReport:

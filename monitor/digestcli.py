@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from monitor.config import find_config, load_config
+from monitor.cliconfig import load_for_command
 from monitor.digest import Digester, DigestReport
-from monitor.errors import ConfigError, MonitorError
-from monitor.logs import register_secret
+from monitor.errors import MonitorError
 from monitor.models import ChannelSpec, Config, EmailSettings
 from monitor.notify.email import EmailNotifier
 from monitor.store import Store, open_store
@@ -49,13 +48,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `monitor digest`; returns the exit code."""
-    try:
-        config = load_config(find_config(args.config))
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+    config = load_for_command(args.config, json_logs=args.log_format == "json")
+    if config is None:
         return INVALID
-    for secret in config.secrets:
-        register_secret(secret)
     spec = next((c for c in config.channels if c.name == args.channel), None)
     settings = spec.options.get("email") if spec is not None and spec.type == "email" else None
     if spec is None or not isinstance(settings, EmailSettings) or settings.digest is None:

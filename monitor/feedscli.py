@@ -19,10 +19,10 @@ from typing import Any
 from rich.text import Text
 
 from monitor import terminal
-from monitor.config import find_config, load_config
-from monitor.errors import ConfigError, MonitorError
+from monitor.cliconfig import load_for_command
+from monitor.errors import MonitorError
 from monitor.health import span
-from monitor.logs import redact, register_secret
+from monitor.logs import redact
 from monitor.models import Config, FeedState
 from monitor.store import SQLiteStore, open_store
 from monitor.terminal import Column
@@ -65,13 +65,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `monitor feeds`; returns the exit code."""
-    try:
-        config = load_config(find_config(args.config))
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+    config = load_for_command(args.config, json_logs=args.log_format == "json")
+    if config is None:
         return INVALID
-    for secret in config.secrets:  # e.g. a key in a feed's URL: never printed
-        register_secret(secret)
     names = [f.name for f in config.feeds]
     unknown = [n for n in args.retry or () if n not in names]
     if unknown:

@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from monitor.config import find_config, load_config
+from monitor.cliconfig import load_for_command
 from monitor.daemon import build_notifier
-from monitor.errors import ConfigError, DeliveryError
-from monitor.logs import register_secret
+from monitor.errors import DeliveryError
 from monitor.models import Alert, ChannelSpec, Config, Delivery, Match
 
 OK, FAILED, INVALID = 0, 1, 2
@@ -61,13 +60,9 @@ def sample_alert(channel: str, now: datetime) -> Alert:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(find_config(args.config))
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+    config = load_for_command(args.config, json_logs=args.log_format == "json")
+    if config is None:
         return INVALID
-    for secret in config.secrets:
-        register_secret(secret)
     spec = next((c for c in config.channels if c.name == args.channel), None)
     if spec is None:
         names = [c.name for c in config.channels]
