@@ -41,8 +41,8 @@ class Batcher(Generic[T]):
         self._waiting.append((request, future))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
-        # Shielded: a caller cancelled while its write is in flight must not cancel the
-        # flush, which carries the writes of the others too.
+        # Shielded: a caller cancelled while its write is in flight leaves its future to the
+        # flush, which writes the request with the others all the same and settles it.
         await asyncio.shield(future)
 
     async def drain(self) -> None:
@@ -55,6 +55,8 @@ class Batcher(Generic[T]):
             batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
             try:
                 outcomes = await self._flush([request for request, _ in batch])
+                if len(outcomes) != len(batch):  # a flush bug must not leave callers waiting
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} requests")
             except Exception as exc:  # nothing of the batch was written: each caller hears why
                 outcomes = [exc] * len(batch)
             except BaseException:  # cancelled (the loop is closing): so are the callers
