@@ -15,7 +15,8 @@ from typing import Any
 from monitor.errors import StoreError
 from monitor.models import Alert, CacheInfo, FeedSpec, FeedState, Item
 from monitor.sources.identity import fingerprint
-from monitor.store.codec import json_to_tags, matches_to_json, tags_to_json, utc
+from monitor.store import rows
+from monitor.store.codec import matches_to_json, tags_to_json, utc
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
     LEASE_TAKEN,
@@ -32,12 +33,8 @@ from monitor.store.common import (
 from monitor.store.postgres_schema import Conn
 from monitor.store.protocol import Recorded
 
-FEED_COLUMNS = (
-    "name, url, etag, last_modified, next_poll_at, last_polled_at, last_success_at,"
-    " last_error, consecutive_failures, seeded, items_seen, last_warning,"
-    " failing_since, dead_since, dead_reason, last_new_at, cadence, notice, ttl"
-)
-_ITEM_COLUMNS = "feed, key, title, link, summary, author, tags_json, published, seen_at"
+FEED_COLUMNS = rows.FEED_COLUMNS
+_ITEM_COLUMNS = rows.ITEM_COLUMNS
 
 
 def opt_dt(value: datetime | None) -> datetime | None:
@@ -46,40 +43,11 @@ def opt_dt(value: datetime | None) -> datetime | None:
 
 
 def feed_state(row: Any) -> FeedState:
-    return FeedState(
-        name=row[0],
-        url=row[1],
-        cache=CacheInfo(etag=row[2], last_modified=row[3]),
-        next_poll_at=opt_dt(row[4]),
-        last_polled_at=opt_dt(row[5]),
-        last_success_at=opt_dt(row[6]),
-        last_error=row[7],
-        consecutive_failures=row[8],
-        seeded=row[9],
-        items_seen=row[10],
-        last_warning=row[11],
-        failing_since=opt_dt(row[12]),
-        dead_since=opt_dt(row[13]),
-        dead_reason=row[14],
-        last_new_at=opt_dt(row[15]),
-        cadence=None if row[16] is None else timedelta(seconds=row[16]),
-        notice=row[17],
-        ttl=row[18],
-    )
+    return rows.feed_state(row, opt_dt)
 
 
 def _item(row: Any) -> Item:
-    return Item(
-        feed=row[0],
-        key=row[1],
-        title=row[2],
-        link=row[3],
-        summary=row[4],
-        author=row[5],
-        tags=json_to_tags(row[6]),
-        published=opt_dt(row[7]),
-        seen_at=row[8].astimezone(UTC),
-    )
+    return rows.item(row, opt_dt)
 
 
 async def scheduling_only(conn: Conn) -> None:

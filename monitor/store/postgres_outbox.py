@@ -11,42 +11,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from monitor.errors import StoreError
-from monitor.models import Alert, Delivery, DeliveryStatus, Retention
-from monitor.store.codec import json_to_matches, utc
+from monitor.models import Delivery, Retention
+from monitor.store import rows
+from monitor.store.codec import utc
 from monitor.store.common import LAST_SEEN_REFRESH, clean_text, cutoff
 from monitor.store.postgres_feeds import opt_dt
 from monitor.store.postgres_schema import Conn
 from monitor.store.protocol import OutboxStat, Pruned
 
-_DELIVERY_SELECT = (
-    "SELECT d.id, d.channel, d.status, d.attempts, d.last_error, d.created_at,"
-    " a.feed, a.item_key, a.title, a.link, a.summary, a.published, a.seen_at, a.matches_json,"
-    " d.target"
-    " FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
-)
+_DELIVERY_SELECT = rows.DELIVERY_SELECT
 
 
 def _delivery(row: Any) -> Delivery:
-    alert = Alert(
-        feed=row[6],
-        item_key=row[7],
-        title=row[8],
-        link=row[9],
-        summary=row[10],
-        published=opt_dt(row[11]),
-        seen_at=utc(row[12]),
-        matches=json_to_matches(row[13]),
-    )
-    return Delivery(
-        id=row[0],
-        channel=row[1],
-        alert=alert,
-        status=DeliveryStatus(row[2]),
-        attempts=row[3],
-        last_error=row[4],
-        created_at=utc(row[5]),
-        target=row[14],
-    )
+    return rows.delivery(row, opt_dt)
 
 
 async def _require_delivery(conn: Conn, delivery_id: int) -> None:

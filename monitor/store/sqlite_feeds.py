@@ -14,14 +14,13 @@ from typing import Any
 from monitor.errors import StoreError
 from monitor.models import Alert, CacheInfo, FeedSpec, FeedState, Item
 from monitor.sources.identity import fingerprint
+from monitor.store import rows
 from monitor.store.codec import (
     dt_to_text,
-    json_to_tags,
     matches_to_json,
     opt_dt_to_text,
     opt_text_to_dt,
     tags_to_json,
-    text_to_dt,
 )
 from monitor.store.common import (
     LAST_SEEN_REFRESH,
@@ -44,12 +43,16 @@ from monitor.store.sqlite_schema import transaction
 #: Keys per IN (...) list: far below SQLite's bound variables limit (999 before 3.32).
 CHUNK = 500
 
-_FEED_COLUMNS = (
-    "name, url, etag, last_modified, next_poll_at, last_polled_at, last_success_at,"
-    " last_error, consecutive_failures, seeded, items_seen, last_warning,"
-    " failing_since, dead_since, dead_reason, last_new_at, cadence, notice, ttl"
-)
-_ITEM_COLUMNS = "feed, key, title, link, summary, author, tags_json, published, seen_at"
+_FEED_COLUMNS = rows.FEED_COLUMNS
+_ITEM_COLUMNS = rows.ITEM_COLUMNS
+
+
+def _feed_state(row: Any) -> FeedState:
+    return rows.feed_state(row, opt_text_to_dt)
+
+
+def _item(row: Any) -> Item:
+    return rows.item(row, opt_text_to_dt)
 
 
 def chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -59,43 +62,6 @@ def chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
 
 def marks(n: int) -> str:
     return ", ".join("?" * n)
-
-
-def _feed_state(row: Any) -> FeedState:
-    return FeedState(
-        name=row[0],
-        url=row[1],
-        cache=CacheInfo(etag=row[2], last_modified=row[3]),
-        next_poll_at=opt_text_to_dt(row[4]),
-        last_polled_at=opt_text_to_dt(row[5]),
-        last_success_at=opt_text_to_dt(row[6]),
-        last_error=row[7],
-        consecutive_failures=row[8],
-        seeded=bool(row[9]),
-        items_seen=row[10],
-        last_warning=row[11],
-        failing_since=opt_text_to_dt(row[12]),
-        dead_since=opt_text_to_dt(row[13]),
-        dead_reason=row[14],
-        last_new_at=opt_text_to_dt(row[15]),
-        cadence=None if row[16] is None else timedelta(seconds=row[16]),
-        notice=row[17],
-        ttl=row[18],
-    )
-
-
-def _item(row: Any) -> Item:
-    return Item(
-        feed=row[0],
-        key=row[1],
-        title=row[2],
-        link=row[3],
-        summary=row[4],
-        author=row[5],
-        tags=json_to_tags(row[6]),
-        published=opt_text_to_dt(row[7]),
-        seen_at=text_to_dt(row[8]),
-    )
 
 
 def _require_feed(conn: sqlite3.Connection, name: str) -> str | None:

@@ -11,42 +11,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from monitor.errors import StoreError
-from monitor.models import Alert, Delivery, DeliveryStatus, Retention
-from monitor.store.codec import dt_to_text, json_to_matches, opt_text_to_dt, text_to_dt
+from monitor.models import Delivery, DeliveryStatus, Retention
+from monitor.store import rows
+from monitor.store.codec import dt_to_text, opt_text_to_dt, text_to_dt
 from monitor.store.common import LAST_SEEN_REFRESH, clean_text, cutoff
 from monitor.store.protocol import OutboxStat, Pruned
 from monitor.store.sqlite_feeds import marks
 from monitor.store.sqlite_schema import transaction
 
-_DELIVERY_SELECT = (
-    "SELECT d.id, d.channel, d.status, d.attempts, d.last_error, d.created_at,"
-    " a.feed, a.item_key, a.title, a.link, a.summary, a.published, a.seen_at, a.matches_json,"
-    " d.target"
-    " FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
-)
+_DELIVERY_SELECT = rows.DELIVERY_SELECT
 
 
 def _delivery(row: Any) -> Delivery:
-    alert = Alert(
-        feed=row[6],
-        item_key=row[7],
-        title=row[8],
-        link=row[9],
-        summary=row[10],
-        published=opt_text_to_dt(row[11]),
-        seen_at=text_to_dt(row[12]),
-        matches=json_to_matches(row[13]),
-    )
-    return Delivery(
-        id=row[0],
-        channel=row[1],
-        alert=alert,
-        status=DeliveryStatus(row[2]),
-        attempts=row[3],
-        last_error=row[4],
-        created_at=text_to_dt(row[5]),
-        target=row[14],
-    )
+    return rows.delivery(row, opt_text_to_dt)
 
 
 def _require_delivery(conn: sqlite3.Connection, delivery_id: int) -> None:
