@@ -1,13 +1,22 @@
-"""Store test setup: the one place the PostgreSQL backend's tests are skipped."""
+"""Store test setup: the backends every contract test runs on (`new_store`, `store`), and the
+one place the PostgreSQL backend's tests are skipped.
+
+A new backend joins by adding a param to `BACKENDS` and a branch to `make_store`."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from monitor.store import MemoryStore, SQLiteStore, Store
+from tests.store.factories import T0, spec
+
+BACKENDS = ["memory", "sqlite", "postgres"]
 
 
 def _postgres_skip_reason() -> str | None:
@@ -56,3 +65,37 @@ def _drop_postgres_schema(request: pytest.FixtureRequest, tmp_path: Path) -> Ite
     with psycopg.connect(os.environ["MONITOR_TEST_POSTGRES"], autocommit=True) as conn:
         name = sql.Identifier(postgres_schema(tmp_path))
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
+
+
+def make_store(backend: str, tmp_path: Path) -> Store:
+    if backend == "memory":
+        return MemoryStore()
+    if backend == "sqlite":
+        return SQLiteStore(tmp_path / "state.db")
+    # Only reached when it can run: `pytest_runtest_setup` skips the param otherwise. Each
+    # test gets a schema of its own (every store of the test reaches the same one), dropped
+    # afterwards by `_drop_postgres_schema`.
+    postgres = importlib.import_module("monitor.store.postgres")
+    store: Store = postgres.PostgresStore(
+        os.environ["MONITOR_TEST_POSTGRES"], schema=postgres_schema(tmp_path)
+    )
+    return store
+
+
+@pytest.fixture(params=BACKENDS)
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """A factory of unopened stores of one backend (on one state location)."""
+    backend: str = request.param
+    return lambda: make_store(backend, tmp_path)
+
+
+@pytest.fixture
+async def store(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
+    """An open store with feeds "a" and "b" synced at T0."""
+    opened = new_store()
+    await opened.open()
+    try:
+        await opened.sync_feeds([spec("a"), spec("b")], T0)
+        yield opened
+    finally:
+        await opened.close()

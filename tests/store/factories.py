@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from monitor.models import Alert, CacheInfo, FeedSpec, Item, Match
+from monitor.models import Alert, CacheInfo, FeedSpec, FeedState, Item, Match
 from monitor.store import Recorded, Store
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -76,3 +76,10 @@ async def record(
 async def poll_at(store: Store, feed: str, when: datetime) -> None:
     """Schedule `feed`'s next poll at `when` (through a 304, which changes nothing else)."""
     await store.record_not_modified(feed, now=T0, next_poll_at=when)
+
+
+async def state(store: Store, name: str = "a") -> FeedState:
+    """The stored state of feed `name`, which must exist."""
+    found = await store.feed_state(name)
+    assert found is not None
+    return found

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,6 @@ from monitor.models import CacheInfo
 from monitor.store import MemoryStore, Store
 from monitor.store.batch import Batcher
 from tests.store.factories import MINUTE, T0, spec
-from tests.store.test_contract import BACKENDS, make_store
 
 
 class Recorder:
@@ -111,12 +109,6 @@ async def test_drain_waits_for_every_submitted_request() -> None:
 
 
 # --- the stores' 304s, batched ----------------------------------------------------------------
-
-
-@pytest.fixture(params=BACKENDS)
-def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    backend: str = request.param
-    return lambda: make_store(backend, tmp_path)
 
 
 async def test_concurrent_304s_are_all_recorded_and_an_unknown_feed_fails_alone(

@@ -1,9 +1,8 @@
 """The Store contract, run against every backend through the parametrized `store` fixture.
 
-A new backend joins by adding a param to `BACKENDS` and a branch to `make_store`; PostgreSQL is
-listed already and skips unless MONITOR_TEST_POSTGRES holds a DSN (and the store exists): that
-skip is decided in ONE place, `pytest_runtest_setup` in tests/store/conftest.py, so pytest's
-`-ra` summary shows one line for all of them.
+The backends, `new_store` and `store` are in tests/store/conftest.py; PostgreSQL skips unless
+MONITOR_TEST_POSTGRES holds a DSN, decided in ONE place there, so pytest's `-ra` summary shows
+one line for all of them.
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,7 +19,6 @@ import pytest
 from monitor.errors import StoreError
 from monitor.models import CacheInfo, DeliveryStatus, FeedState, Match, Retention
 from monitor.store import MemoryStore, Pruned, SQLiteStore, Store, open_store
-from tests.store.conftest import postgres_schema
 from tests.store.factories import (
     DAY,
     HOUR,
@@ -33,41 +30,6 @@ from tests.store.factories import (
     record,
     spec,
 )
-
-BACKENDS = ["memory", "sqlite", "postgres"]
-
-
-def make_store(backend: str, tmp_path: Path) -> Store:
-    if backend == "memory":
-        return MemoryStore()
-    if backend == "sqlite":
-        return SQLiteStore(tmp_path / "state.db")
-    # Only reached when it can run: tests/store/conftest.py skips the param otherwise. Each
-    # test gets a schema of its own (every store of the test reaches the same one), dropped
-    # afterwards by conftest's `_drop_postgres_schema`.
-    dsn = os.environ["MONITOR_TEST_POSTGRES"]
-    postgres = importlib.import_module("monitor.store.postgres")
-    store: Store = postgres.PostgresStore(dsn, schema=postgres_schema(tmp_path))
-    return store
-
-
-@pytest.fixture(params=BACKENDS)
-def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    """A factory of unopened stores of one backend (on one state location)."""
-    backend: str = request.param
-    return lambda: make_store(backend, tmp_path)
-
-
-@pytest.fixture
-async def store(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
-    """An open store with feeds "a" and "b" synced at T0."""
-    opened = new_store()
-    await opened.open()
-    try:
-        await opened.sync_feeds([spec("a"), spec("b")], T0)
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def keys_of(store: Store, feed: str | None = None) -> list[str]:

@@ -5,20 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from monitor.store import Store
 from tests.store.factories import DAY, HOUR, MINUTE, T0, alert, item, record, spec
-from tests.store.test_contract import BACKENDS, make_store
-
-
-@pytest.fixture(params=BACKENDS)
-def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    """A factory of unopened stores of one backend (on one state location)."""
-    backend: str = request.param
-    return lambda: make_store(backend, tmp_path)
 
 
 @pytest.fixture

@@ -3,40 +3,8 @@ and for guid churn (`seen_alike`), run against every backend like tests/store/te
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-
-import pytest
-
-from monitor.models import FeedState
 from monitor.store import Store
-from tests.store.factories import DAY, HOUR, MINUTE, T0, alert, item, record, spec
-from tests.store.test_contract import BACKENDS, make_store
-
-
-@pytest.fixture(params=BACKENDS)
-def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    backend: str = request.param
-    return lambda: make_store(backend, tmp_path)
-
-
-@pytest.fixture
-async def store(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
-    """An open store with feeds "a" and "b" synced at T0 (both due by T0 + 1 min)."""
-    opened = new_store()
-    await opened.open()
-    try:
-        await opened.sync_feeds([spec("a"), spec("b")], T0)
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def state(store: Store, name: str = "a") -> FeedState:
-    found = await store.feed_state(name)
-    assert found is not None
-    return found
-
+from tests.store.factories import DAY, HOUR, MINUTE, T0, alert, item, record, spec, state
 
 # --- runs of failures --------------------------------------------------------------------------
 

@@ -4,39 +4,9 @@ backend like tests/store/test_contract.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-
-import pytest
-
-from monitor.models import CacheInfo, DeliveryStatus, FeedState
+from monitor.models import CacheInfo, DeliveryStatus
 from monitor.store import Recorded, Store
-from tests.store.factories import HOUR, MINUTE, T0, alert, item, record, spec
-from tests.store.test_contract import BACKENDS, make_store
-
-
-@pytest.fixture(params=BACKENDS)
-def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    backend: str = request.param
-    return lambda: make_store(backend, tmp_path)
-
-
-@pytest.fixture
-async def store(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
-    """An open store with feeds "a" and "b" synced at T0 (both due by T0 + 1 min)."""
-    opened = new_store()
-    await opened.open()
-    try:
-        await opened.sync_feeds([spec("a"), spec("b")], T0)
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def state(store: Store, name: str = "a") -> FeedState:
-    found = await store.feed_state(name)
-    assert found is not None
-    return found
+from tests.store.factories import HOUR, MINUTE, T0, alert, item, record, spec, state
 
 
 async def claim_a_then_move_it(store: Store) -> None:
