@@ -394,8 +394,18 @@ async def test_a_batch_outlasting_its_lease_renews_its_claim(store: Store) -> No
     again before the next send, so no other worker could take it meanwhile."""
     await seed(store, ["one", "two", "three", "four"], ("desk",))
     clock = Clock()
-    desk = SlowChannel("desk", clock, timedelta(seconds=90))
+    held: list[int] = []
+
+    class Watching(SlowChannel):
+        async def send(self, delivery: Delivery) -> None:
+            # Claimed (under a running lease) at the moment of each send: this one and the
+            # ones after it, though the first claim's lease ran out after 2 minutes.
+            held.append(await store.claimed_count("desk", clock.now + self.delay))
+            await super().send(delivery)
+
+    desk = Watching("desk", clock, timedelta(seconds=90))
     stats = await dispatcher(store, clock, desk).run_once()
     assert desk.sent == ["one", "two", "three", "four"]
     assert stats.sent == 4
+    assert held == [4, 3, 2, 1]
     assert await store.claimed_count("desk", clock.now) == 0
